@@ -1,0 +1,138 @@
+"""CLIP image embeddings through Hugging Face transformers.
+
+torch and transformers are imported inside `ClipEmbedder.load`, never at module level: the Dagster definitions
+import this package to show the UI, and must not pay for (or require) torch to do so.
+"""
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Sequence
+
+import numpy as np
+
+if TYPE_CHECKING:
+    from PIL import Image
+
+DEFAULT_HF_CLIP = "openai/clip-vit-base-patch32"
+HF_CLIP_ENV_VAR = "PAIRFILTER_HF_CLIP"
+DEVICES = ("auto", "cpu", "cuda")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+def default_hf_clip() -> str:
+    return os.environ.get(HF_CLIP_ENV_VAR) or DEFAULT_HF_CLIP
+
+
+class ModelLoadError(RuntimeError):
+    """The CLIP model could not be loaded; the message names the model and the ways out."""
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which CLIP checkpoint to load and how to run it."""
+
+    hf_clip: str = DEFAULT_HF_CLIP
+    revision: str | None = None
+    trust_remote_code: bool = False
+    device: str = "auto"
+    dtype: str = "float32"
+
+    def __post_init__(self) -> None:
+        if not self.hf_clip:
+            raise ValueError("hf_clip: give a Hugging Face model id or a local folder")
+        if self.device not in DEVICES:
+            raise ValueError(f"device: must be one of {', '.join(DEVICES)}, got {self.device!r}")
+        if self.dtype not in DTYPES:
+            raise ValueError(f"dtype: must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+
+
+def _load_failure(spec: ModelSpec, cause: Exception) -> ModelLoadError:
+    at_revision = f" at revision {spec.revision!r}" if spec.revision else ""
+    return ModelLoadError(
+        f"Could not load the CLIP model {spec.hf_clip!r}{at_revision}: {type(cause).__name__}: {cause}\n"
+        "Ways out: (1) point hf_clip (or the env var PAIRFILTER_HF_CLIP) at a local folder holding the "
+        "checkpoint (config.json, weights, preprocessor_config.json); (2) if the model is already in the "
+        "Hugging Face cache, set HF_HUB_OFFLINE=1 so no download is tried; (3) check the model id, the "
+        "revision and your network access to the Hugging Face Hub."
+    )
+
+
+class ClipEmbedder:
+    """Unit-length CLIP image embeddings; the cosine of two of them is Data-Juicer's `image_pair_similarity`."""
+
+    def __init__(self, model: Any, image_processor: Any, spec: ModelSpec, device: str) -> None:
+        self.model = model
+        self.image_processor = image_processor
+        self.spec = spec
+        self.device = device
+        self.forward_passes = 0
+        self.images_embedded = 0
+
+    @classmethod
+    def load(cls, spec: ModelSpec) -> "ClipEmbedder":
+        """Load model and image processor with `from_pretrained`, in eval mode, on the chosen device."""
+        import torch
+        from transformers import AutoConfig, AutoImageProcessor, CLIPModel
+
+        source = spec.hf_clip
+        if looks_like_local_path(source):
+            source = str(Path(source).expanduser())
+            if not Path(source).is_dir():
+                raise _load_failure(spec, FileNotFoundError(f"no such folder: {source}"))
+        device = resolve_device(spec.device)
+        if spec.dtype != "float32" and device != "cuda":
+            raise ValueError(f"dtype: {spec.dtype} needs device cuda; on {device} use float32")
+        common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+        try:
+            config = AutoConfig.from_pretrained(source, **common)
+            if getattr(config, "model_type", None) != "clip":
+                raise ModelLoadError(
+                    f"{spec.hf_clip!r} is not a CLIP model (its config says model_type="
+                    f"{getattr(config, 'model_type', None)!r}); image_pair_similarity needs a CLIP checkpoint"
+                )
+            model = CLIPModel.from_pretrained(source, config=config, dtype=getattr(torch, spec.dtype), **common)
+            image_processor = AutoImageProcessor.from_pretrained(source, **common)
+        except ModelLoadError:
+            raise
+        except Exception as exc:  # hub, network, file and config errors all come out as one clear message
+            raise _load_failure(spec, exc) from exc
+        model.to(device).eval()
+        return cls(model, image_processor, spec, device)
+
+    def pixel_values(self, images: "Sequence[Image.Image]") -> Any:
+        """The model's own preprocessing (resize, crop, normalise) as one batch tensor."""
+        return self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
+
+    def embed_pixels(self, pixel_values: Any) -> np.ndarray:
+        """One forward pass; rows are L2-normalised float32 embeddings."""
+        import torch
+
+        with torch.inference_mode():
+            batch = pixel_values.to(self.device, dtype=self.model.dtype)
+            output = self.model.get_image_features(pixel_values=batch)
+            # transformers 5 returns an output object whose pooler_output holds the projected features;
+            # older releases return the tensor itself.
+            features = output if isinstance(output, torch.Tensor) else output.pooler_output
+            features = torch.nn.functional.normalize(features.float(), dim=-1)
+        self.forward_passes += 1
+        self.images_embedded += len(features)
+        return features.cpu().numpy()
+
+    def embed(self, images: "Sequence[Image.Image]") -> np.ndarray:
+        return self.embed_pixels(self.pixel_values(images))
+
+
+def looks_like_local_path(name: str) -> bool:
+    """Absolute, home-relative or ./-relative names are folders, never hub ids (`org/name`)."""
+    return name.startswith(("/", "./", "../", "~")) or os.path.isabs(name)
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device: 'cuda' was asked for but no CUDA GPU is available; use 'cpu' or 'auto'")
+    return device

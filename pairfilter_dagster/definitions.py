@@ -1,0 +1,21 @@
+"""What Dagster loads (`dagster dev`, `dagster asset materialize -m pairfilter_dagster.definitions`).
+
+Importing this module must stay cheap: no torch, no transformers (the model loads inside the scoring step)."""
+
+import dagster as dg
+
+from .core.embedding import default_hf_clip
+from .defs import assets, checks
+from .defs.resources import ClipModel, PairfilterStorage, default_data_dir
+from .defs.schedules import pairfilter_daily, pairfilter_job
+
+defs = dg.Definitions(
+    assets=dg.load_assets_from_modules([assets]),
+    asset_checks=dg.load_asset_checks_from_modules([checks]),
+    jobs=[pairfilter_job],
+    schedules=[pairfilter_daily],
+    resources={
+        "clip": ClipModel(hf_clip=default_hf_clip()),
+        "storage": PairfilterStorage(data_dir=default_data_dir()),
+    },
+)

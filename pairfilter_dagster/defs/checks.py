@@ -1,0 +1,103 @@
+"""Asset checks: the stats table is sane and complete; the filtered dataset obeys the thresholds it was built with.
+
+The stats checks are blocking: a bad stats table never reaches the filtered dataset."""
+
+import json
+
+import dagster as dg
+
+from ..core.filtering import FilterSettings, keep_sample
+from ..core.outputs import DJ_STATS_FIELD, SIMILARITY_STAT
+from .assets import filtered_samples, image_pair_stats
+from .resources import PairfilterStorage
+
+
+@dg.asset_check(asset=image_pair_stats, blocking=True, description="Every score is finite and within [-1, 1].")
+def scores_finite_and_in_range(storage: PairfilterStorage) -> dg.AssetCheckResult:
+    with storage.connect(read_only=True) as conn:
+        bad = conn.execute(
+            "SELECT sample_id, s FROM image_pair_stats, unnest(image_pair_similarity) AS t(s) "
+            "WHERE NOT isfinite(s) OR s < -1 OR s > 1 ORDER BY manifest, line_number"
+        ).fetchall()
+        ok_without_scores = conn.execute(
+            "SELECT count(*) FROM image_pair_stats WHERE status = 'ok' AND len(image_pair_similarity) = 0"
+        ).fetchone()[0]
+    return dg.AssetCheckResult(
+        passed=not bad and ok_without_scores == 0,
+        metadata={
+            "bad_scores": len(bad),
+            "ok_samples_without_scores": ok_without_scores,
+            "first_bad": dg.MetadataValue.json([[sample_id, str(score)] for sample_id, score in bad[:10]]),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=image_pair_stats,
+    blocking=True,
+    additional_deps=["raw_samples"],
+    description="One stats row per ingested sample: same sample ids as raw_samples, no duplicates, none missing.",
+)
+def one_row_per_sample(storage: PairfilterStorage) -> dg.AssetCheckResult:
+    with storage.connect(read_only=True) as conn:
+        ingested = conn.execute("SELECT count(*) FROM raw_samples").fetchone()[0]
+        stats_rows, distinct_ids = conn.execute(
+            "SELECT count(*), count(DISTINCT sample_id) FROM image_pair_stats"
+        ).fetchone()
+        unmatched = conn.execute(
+            "SELECT count(*) FROM raw_samples r FULL OUTER JOIN image_pair_stats s USING (sample_id) "
+            "WHERE r.sample_id IS NULL OR s.sample_id IS NULL"
+        ).fetchone()[0]
+    return dg.AssetCheckResult(
+        passed=ingested == stats_rows == distinct_ids and unmatched == 0,
+        metadata={
+            "ingested_samples": ingested,
+            "stats_rows": stats_rows,
+            "distinct_sample_ids": distinct_ids,
+            "unmatched_sample_ids": unmatched,
+        },
+    )
+
+
+@dg.asset_check(
+    asset=filtered_samples,
+    blocking=True,
+    additional_deps=["image_pair_stats"],
+    description="Every kept sample was scored ok and its scores satisfy the thresholds of the latest "
+    "materialization; the JSONL file and the table hold the same samples.",
+)
+def kept_samples_satisfy_config(
+    context: dg.AssetCheckExecutionContext, storage: PairfilterStorage
+) -> dg.AssetCheckResult:
+    event = context.instance.get_latest_materialization_event(filtered_samples.key)
+    if event is None or event.asset_materialization is None:
+        return dg.AssetCheckResult(passed=False, description="filtered_samples has not been materialized yet")
+    recorded = event.asset_materialization.metadata
+    settings = FilterSettings(
+        recorded["min_score"].value, recorded["max_score"].value, recorded["any_or_all"].value
+    )
+
+    with open(storage.filtered_jsonl, encoding="utf-8") as handle:
+        lines = [json.loads(line) for line in handle]
+    with storage.connect(read_only=True) as conn:
+        table_rows = conn.execute(
+            "SELECT f.sample_id, s.status FROM filtered_samples f LEFT JOIN image_pair_stats s USING (sample_id) "
+            "ORDER BY f.manifest, f.line_number"
+        ).fetchall()
+    violations = [
+        sample_id
+        for (sample_id, status), line in zip(table_rows, lines)
+        if not keep_sample(status, line.get(DJ_STATS_FIELD, {}).get(SIMILARITY_STAT, []), settings)
+    ]
+    return dg.AssetCheckResult(
+        passed=len(lines) == len(table_rows) and not violations,
+        metadata={
+            "jsonl_lines": len(lines),
+            "table_rows": len(table_rows),
+            "violations": len(violations),
+            "first_violations": dg.MetadataValue.json(violations[:10]),
+            "checked_against": dg.MetadataValue.json(
+                {"min_score": settings.min_score, "max_score": settings.max_score, "any_or_all": settings.any_or_all}
+            ),
+        },
+    )

@@ -1,0 +1,36 @@
+"""Run config for the keep decision, validated before any work starts."""
+
+from typing import Any, Literal, Mapping
+
+import dagster as dg
+from pydantic import Field, model_validator
+
+from ..core.filtering import FilterSettings
+
+FILTERED_SAMPLES = "filtered_samples"
+
+
+class FilterConfig(dg.Config):
+    """Data-Juicer's image_pair_similarity_filter thresholds: keep a sample when min_score <= similarity <=
+    max_score for any (or all) of its image pairs."""
+
+    min_score: float = Field(default=0.1, ge=0.0, le=1.0, description="Lowest similarity kept (inclusive).")
+    max_score: float = Field(default=1.0, ge=0.0, le=1.0, description="Highest similarity kept (inclusive).")
+    any_or_all: Literal["any", "all"] = Field(
+        default="any", description="'any': keep when one pair passes; 'all': only when every pair passes."
+    )
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> "FilterConfig":
+        self.to_settings()  # raises ValueError naming the field
+        return self
+
+    def to_settings(self) -> FilterSettings:
+        return FilterSettings(self.min_score, self.max_score, self.any_or_all)
+
+
+def check_filter_run_config(run_config: Mapping[str, Any]) -> None:
+    """Validate the run's `filtered_samples` config up front, so a bad threshold fails the run before the model
+    spends minutes scoring (Dagster itself only checks value bounds when the filter step starts)."""
+    op_config = (run_config.get("ops") or {}).get(FILTERED_SAMPLES) or {}
+    FilterConfig(**(op_config.get("config") or {}))

@@ -1,0 +1,158 @@
+"""Real Dagster runs (`materialize`) of the three assets and their checks, into a temporary data folder."""
+
+import json
+
+import dagster as dg
+import duckdb
+import pytest
+
+from pairfilter_dagster.core.embedding import ModelLoadError
+from pairfilter_dagster.defs import assets, checks
+from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage
+
+ASSETS = [assets.raw_samples, assets.image_pair_stats, assets.filtered_samples]
+CHECKS = dg.load_asset_checks_from_modules([checks])
+EDGE_CASES = {
+    "more/edge_cases.jsonl:1": "missing_image",
+    "more/edge_cases.jsonl:2": "not_a_pair",
+    "more/edge_cases.jsonl:3": "not_a_pair",
+    "more/edge_cases.jsonl:4": "malformed_line",
+}
+
+
+def run(selection, data_dir, clip_dir, filter_config=None, **kwargs):
+    return dg.materialize(
+        [*selection, *CHECKS] if kwargs.pop("with_checks", True) else selection,
+        resources={"clip": ClipModel(hf_clip=str(clip_dir), batch_size=4),
+                   "storage": PairfilterStorage(data_dir=str(data_dir))},
+        run_config={"ops": {"filtered_samples": {"config": filter_config}}} if filter_config else None,
+        **kwargs,
+    )
+
+
+def query(data_dir, sql):
+    with duckdb.connect(str(data_dir / "pairfilter.duckdb"), read_only=True) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def read_jsonl(path):
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def metadata(result, asset_name):
+    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.path == [asset_name]]
+    return {key: value.value for key, value in event.materialization.metadata.items()}
+
+
+@pytest.fixture
+def scored(bundled_data_dir, tiny_clip_dir):
+    """The bundled data run through the whole pipeline once, with the default thresholds."""
+    result = run(ASSETS, bundled_data_dir, tiny_clip_dir)
+    assert result.success
+    return result, bundled_data_dir
+
+
+def test_whole_pipeline_on_the_bundled_data(scored):
+    result, data_dir = scored
+    manifest_lines = {
+        f"{name}:{number}": line
+        for name in ("pairs.jsonl", "more/edge_cases.jsonl")
+        for number, line in enumerate((data_dir / "raw" / name).read_text().splitlines(), start=1)
+    }
+
+    stats = query(data_dir, "SELECT sample_id, status, error, image_pair_similarity FROM image_pair_stats "
+                            "ORDER BY manifest, line_number")
+    assert [row[0] for row in stats] == [*EDGE_CASES, *[f"pairs.jsonl:{i}" for i in range(1, 10)]]
+    assert {sid: status for sid, status, _, _ in stats if sid in EDGE_CASES} == EDGE_CASES
+    for sample_id, status, error, scores in stats:
+        assert (status == "ok") == (error == "") == (len(scores) == 1)
+        assert all(-1.0 <= s <= 1.0 for s in scores)
+    scores_by_id = {sid: scores for sid, status, _, scores in stats if status == "ok"}
+    assert scores_by_id["pairs.jsonl:9"][0] == pytest.approx(1.0, abs=1e-6)  # same bytes, two names
+
+    output = read_jsonl(data_dir / "output" / "filtered_samples.jsonl")
+    kept_ids = [sid for sid, status, _, scores in stats if status == "ok" and 0.1 <= scores[0] <= 1.0]
+    assert len(output) == len(kept_ids) > 0
+    for sample_id, record in zip(kept_ids, output):
+        original = json.loads(manifest_lines[sample_id])
+        assert {k: v for k, v in record.items() if k != "__dj__stats__"} == original
+        assert list(record)[:-1] == list(original)
+        assert record["__dj__stats__"] == {"image_pair_similarity": scores_by_id[sample_id]}
+    table = query(data_dir, "SELECT sample_id, sample_json FROM filtered_samples ORDER BY manifest, line_number")
+    assert [sid for sid, _ in table] == kept_ids
+    assert [json.loads(line) for _, line in table] == output
+
+    checks_run = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
+    assert checks_run == {
+        "scores_finite_and_in_range": True, "one_row_per_sample": True, "kept_samples_satisfy_config": True,
+    }
+
+    raw_meta, stats_meta, filtered_meta = (metadata(result, a) for a in
+                                           ("raw_samples", "image_pair_stats", "filtered_samples"))
+    assert raw_meta["dagster/row_count"] == 13 and raw_meta["manifests_read"] == 2
+    assert stats_meta["dagster/row_count"] == 13
+    assert [c.name for c in stats_meta["dagster/column_schema"].columns][:5] == [
+        "sample_id", "manifest", "line_number", "images", "image_pair_similarity"]
+    assert stats_meta["status_ok"] == 9 and stats_meta["status_missing_image"] == 1
+    assert stats_meta["status_not_a_pair"] == 2 and stats_meta["status_malformed_line"] == 1
+    assert stats_meta["unique_images"] == 14 == stats_meta["images_embedded"]  # 15 paths, one duplicate content
+    assert stats_meta["images_per_second"] > 0
+    assert stats_meta["similarity_min"] <= stats_meta["similarity_median"] <= stats_meta["similarity_max"]
+    assert "| similarity | samples |" in stats_meta["similarity_histogram"]
+    assert filtered_meta["kept"] == len(kept_ids) and filtered_meta["total"] == 13
+    assert filtered_meta["kept_ratio"] == pytest.approx(len(kept_ids) / 13, abs=1e-4)
+    assert filtered_meta["output_path"] == str(data_dir / "output" / "filtered_samples.jsonl")
+
+
+def test_rethresholding_reads_the_stats_table_and_never_loads_the_model(scored, tmp_path):
+    _, data_dir = scored
+    stats_before = query(data_dir, "SELECT * FROM image_pair_stats ORDER BY sample_id")
+    scores = sorted(s[0] for (s,) in query(data_dir, "SELECT image_pair_similarity FROM image_pair_stats "
+                                                     "WHERE status = 'ok'"))
+    low, high = scores[2], scores[-3]  # keeps scores[2:-2], ties included: bounds are inclusive
+    # A model folder that does not exist: any attempt to load the model would fail the run.
+    result = run([assets.filtered_samples], data_dir, tmp_path / "no-model-here",
+                 {"min_score": low, "max_score": high})
+    assert result.success
+    output = read_jsonl(data_dir / "output" / "filtered_samples.jsonl")
+    assert sorted(r["__dj__stats__"]["image_pair_similarity"][0] for r in output) == scores[2:-2]
+    assert query(data_dir, "SELECT * FROM image_pair_stats ORDER BY sample_id") == stats_before
+    assert all(e.passed for e in result.get_asset_check_evaluations())
+    assert metadata(result, "filtered_samples")["min_score"] == low
+
+
+@pytest.mark.parametrize(
+    "config, field",
+    [({"min_score": 1.5}, "min_score"), ({"max_score": -0.2}, "max_score"),
+     ({"min_score": 0.9, "max_score": 0.5}, "min_score")],
+)
+def test_bad_thresholds_fail_the_run_before_any_work(bundled_data_dir, tiny_clip_dir, config, field):
+    result = run(ASSETS, bundled_data_dir, tiny_clip_dir, config, raise_on_error=False)
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    assert failure.step_key == "raw_samples"  # the first step refuses, before ingestion and scoring
+    assert field in str(failure.event_specific_data.error)
+    assert not (bundled_data_dir / "pairfilter.duckdb").exists()
+
+
+def test_an_unknown_any_or_all_is_refused_at_launch(bundled_data_dir, tiny_clip_dir):
+    with pytest.raises(dg.DagsterInvalidConfigError, match="any_or_all"):
+        run(ASSETS, bundled_data_dir, tiny_clip_dir, {"any_or_all": "most"})
+
+
+def test_a_model_that_cannot_load_fails_at_once_with_one_clear_message(bundled_data_dir, tmp_path):
+    with pytest.raises(dg.DagsterResourceFunctionError) as caught:
+        run(ASSETS, bundled_data_dir, tmp_path / "missing-model")
+    cause = caught.value.__cause__
+    assert isinstance(cause, ModelLoadError)
+    for part in ("missing-model", "local folder", "HF_HUB_OFFLINE", "PAIRFILTER_HF_CLIP"):
+        assert part in str(cause)
+    assert not (bundled_data_dir / "pairfilter.duckdb").exists()  # nothing was ingested or scored
+
+
+def test_an_empty_raw_folder_gives_empty_outputs(tmp_path, tiny_clip_dir):
+    (tmp_path / "raw").mkdir()
+    result = run(ASSETS, tmp_path, tiny_clip_dir)
+    assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
+    assert (tmp_path / "output" / "filtered_samples.jsonl").read_text() == ""
+    assert query(tmp_path, "SELECT count(*) FROM image_pair_stats") == [(0,)]

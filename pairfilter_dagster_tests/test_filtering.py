@@ -1,0 +1,58 @@
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from pairfilter_dagster.core.filtering import FilterSettings, keep_flags, keep_sample
+
+
+def test_bounds_are_inclusive():
+    settings = FilterSettings(min_score=0.3, max_score=0.8)
+    assert keep_sample("ok", [0.3], settings) and keep_sample("ok", [0.8], settings)
+    assert not keep_sample("ok", [0.2999999], settings) and not keep_sample("ok", [0.8000001], settings)
+
+
+def test_any_versus_all():
+    scores = [0.2, 0.5]
+    assert keep_sample("ok", scores, FilterSettings(0.4, 1.0, "any"))
+    assert not keep_sample("ok", scores, FilterSettings(0.4, 1.0, "all"))
+    assert keep_sample("ok", scores, FilterSettings(0.1, 1.0, "all"))
+
+
+def test_only_ok_samples_with_scores_are_kept():
+    settings = FilterSettings()
+    assert not keep_sample("missing_image", [0.5], settings)
+    assert not keep_sample("ok", [], settings)
+    assert not keep_sample("ok", [float("nan")], settings)
+    assert keep_flags([("ok", [0.5]), ("not_a_pair", []), ("ok", [0.05])], settings) == [True, False, False]
+
+
+def test_defaults_are_data_juicers():
+    assert FilterSettings() == FilterSettings(min_score=0.1, max_score=1.0, any_or_all="any")
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"min_score": -0.1}, "min_score"),
+        ({"max_score": 1.5}, "max_score"),
+        ({"min_score": float("nan")}, "min_score"),
+        ({"min_score": 0.9, "max_score": 0.5}, "min_score"),
+        ({"any_or_all": "most"}, "any_or_all"),
+    ],
+)
+def test_invalid_settings_are_rejected_naming_the_field(kwargs, field):
+    with pytest.raises(ValueError, match=field):
+        FilterSettings(**kwargs)
+
+
+unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+score = st.floats(min_value=-1.0, max_value=1.0, allow_nan=False)
+
+
+@given(low=unit, high=unit, scores=st.lists(score, min_size=1, max_size=6), mode=st.sampled_from(["any", "all"]))
+def test_keep_decision_matches_its_definition(low, high, scores, mode):
+    low, high = min(low, high), max(low, high)
+    passes = [low <= s <= high for s in scores]
+    expected = any(passes) if mode == "any" else all(passes)
+    assert keep_sample("ok", scores, FilterSettings(low, high, mode)) is expected
+    assert not keep_sample("unreadable_image", scores, FilterSettings(low, high, mode))

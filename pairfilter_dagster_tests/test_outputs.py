@@ -1,0 +1,38 @@
+import json
+
+import pytest
+
+from pairfilter_dagster.core.outputs import dj_record, write_lines_atomically
+
+
+def test_dj_record_keeps_every_field_and_its_order_and_adds_stats():
+    line = '{"text": "héllo", "images": ["a.jpg", "b.jpg"], "meta": {"n": 1}, "z": null}'
+    record = json.loads(dj_record(line, [0.25]))
+    assert list(record) == ["text", "images", "meta", "z", "__dj__stats__"]
+    assert record["text"] == "héllo" and record["meta"] == {"n": 1} and record["z"] is None
+    assert record["__dj__stats__"] == {"image_pair_similarity": [0.25]}
+
+
+def test_dj_record_merges_existing_stats():
+    line = json.dumps({"images": ["a", "b"], "__dj__stats__": {"lang_score": 0.9}})
+    assert json.loads(dj_record(line, [0.5]))["__dj__stats__"] == {"lang_score": 0.9, "image_pair_similarity": [0.5]}
+
+
+def test_atomic_write_replaces_the_file_whole(tmp_path):
+    target = tmp_path / "out" / "f.jsonl"
+    assert write_lines_atomically(target, ["a", "b"]) == 2
+    assert target.read_text() == "a\nb\n"
+
+
+def test_a_failed_write_leaves_the_previous_file_and_no_temp_files(tmp_path):
+    target = tmp_path / "f.jsonl"
+    write_lines_atomically(target, ["old"])
+
+    def lines_then_failure():
+        yield "new"
+        raise RuntimeError("disk on fire")
+
+    with pytest.raises(RuntimeError):
+        write_lines_atomically(target, lines_then_failure())
+    assert target.read_text() == "old\n"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.jsonl"]
