@@ -95,7 +95,8 @@ def test_whole_pipeline_on_the_bundled_data(scored):
         "sample_id", "manifest", "line_number", "images", "image_pair_similarity"]
     assert stats_meta["status_ok"] == 9 and stats_meta["status_missing_image"] == 1
     assert stats_meta["status_not_a_pair"] == 2 and stats_meta["status_malformed_line"] == 1
-    assert stats_meta["unique_images"] == 14 == stats_meta["images_embedded"]  # 15 paths, one duplicate content
+    assert stats_meta["distinct_images"] == 14 == stats_meta["images_embedded"]  # 15 paths, one duplicate content
+    assert stats_meta["cache_hits"] == 0 and stats_meta["forward_passes"] == 4  # batches of 4
     assert stats_meta["images_per_second"] > 0
     assert stats_meta["similarity_min"] <= stats_meta["similarity_median"] <= stats_meta["similarity_max"]
     assert "| similarity | samples |" in stats_meta["similarity_histogram"]
@@ -156,3 +157,20 @@ def test_an_empty_raw_folder_gives_empty_outputs(tmp_path, tiny_clip_dir):
     assert result.success and all(e.passed for e in result.get_asset_check_evaluations())
     assert (tmp_path / "output" / "filtered_samples.jsonl").read_text() == ""
     assert query(tmp_path, "SELECT count(*) FROM image_pair_stats") == [(0,)]
+
+
+def test_rescoring_unchanged_data_runs_no_forward_pass_and_new_data_embeds_only_new_images(scored, tiny_clip_dir):
+    _, data_dir = scored
+    before = query(data_dir, "SELECT sample_id, image_pair_similarity, status FROM image_pair_stats ORDER BY 1")
+    again = metadata(run(ASSETS, data_dir, tiny_clip_dir), "image_pair_stats")
+    assert (again["forward_passes"], again["images_embedded"], again["cache_hits"]) == (0, 0, 14)
+    assert again["cache_hit_rate"] == 1.0
+    assert query(data_dir, "SELECT sample_id, image_pair_similarity, status FROM image_pair_stats ORDER BY 1") == before
+
+    from PIL import Image
+
+    Image.open(data_dir / "images" / "img8.jpg").crop((0, 0, 400, 400)).save(data_dir / "images" / "img8_crop.jpg")
+    (data_dir / "raw" / "new.jsonl").write_text(json.dumps({"images": ["../images/img8.jpg", "../images/img8_crop.jpg"]}) + "\n")
+    grown = metadata(run(ASSETS, data_dir, tiny_clip_dir), "image_pair_stats")
+    assert (grown["images_embedded"], grown["forward_passes"], grown["cache_hits"]) == (1, 1, 14)
+    assert grown["dagster/row_count"] == 14

@@ -25,9 +25,9 @@ def data_juicer_similarity(model, processor, path1, path2) -> float:
 
 def scores_for(pairs, folder, tmp_path, embedder, batch_size=3):
     write_manifest(tmp_path / "raw" / "m.jsonl", [{"images": [str(folder / a), str(folder / b)]} for a, b in pairs])
-    report = score_samples(read_samples(tmp_path / "raw"), embedder, batch_size=batch_size)
-    assert [row.status for row in report.rows] == ["ok"] * len(pairs)
-    return [row.image_pair_similarity for row in report.rows]
+    rows, _ = score_samples(read_samples(tmp_path / "raw"), embedder, batch_size=batch_size)
+    assert [row.status for row in rows] == ["ok"] * len(pairs)
+    return [row.image_pair_similarity for row in rows]
 
 
 def test_scores_equal_the_data_juicer_algorithm(tiny_clip_dir, embedder, tmp_path):
@@ -44,8 +44,8 @@ def test_identical_content_in_two_files_scores_one_and_is_embedded_once(embedder
     copy.write_bytes((PHOTOS / "cat.jpg").read_bytes())
     write_manifest(tmp_path / "raw" / "m.jsonl", [{"images": [str(PHOTOS / "cat.jpg"), str(copy)]}])
     before = embedder.images_embedded
-    report = score_samples(read_samples(tmp_path / "raw"), embedder, batch_size=8)
-    assert report.rows[0].image_pair_similarity[0] == pytest.approx(1.0, abs=1e-6)
+    rows, report = score_samples(read_samples(tmp_path / "raw"), embedder, batch_size=8)
+    assert rows[0].image_pair_similarity[0] == pytest.approx(1.0, abs=1e-6)
     assert embedder.images_embedded - before == 1 == report.images_embedded
 
 

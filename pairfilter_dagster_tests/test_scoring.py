@@ -1,23 +1,64 @@
+import numpy as np
 import pytest
 
+from pairfilter_dagster.core import store
+from pairfilter_dagster.core.cache import EmbeddingCache
 from pairfilter_dagster.core.samples import read_samples
-from pairfilter_dagster.core.scoring import cosine, embed_distinct_images, score_samples
+from pairfilter_dagster.core.scoring import PairScorer, chunked, cosine, progress_logger, score_samples
 
 from .conftest import PHOTOS, write_manifest
 
 
+def manifest_of(tmp_path, pairs):
+    write_manifest(tmp_path / "raw" / "m.jsonl", [{"images": [str(a), str(b)]} for a, b in pairs])
+    return list(read_samples(tmp_path / "raw"))
+
+
 def test_each_distinct_image_is_embedded_once_and_rows_keep_input_order(embedder, tmp_path):
-    cat, img2, img3 = (str(PHOTOS / n) for n in ("cat.jpg", "img2.jpg", "img3.jpg"))
-    write_manifest(tmp_path / "raw" / "m.jsonl", [
-        {"images": [cat, img2]}, {"images": [img2, img3]}, {"images": [img3, cat]}, {"images": [cat, img2]},
-    ])
+    cat, img2, img3 = (PHOTOS / n for n in ("cat.jpg", "img2.jpg", "img3.jpg"))
+    samples = manifest_of(tmp_path, [(cat, img2), (img2, img3), (img3, cat), (cat, img2)])
     passes_before = embedder.forward_passes
-    report = score_samples(read_samples(tmp_path / "raw"), embedder, batch_size=2)
-    assert [row.sample_id for row in report.rows] == [f"m.jsonl:{i}" for i in range(1, 5)]
-    assert report.unique_images == 3 and report.images_embedded == 3
+    rows, report = score_samples(samples, embedder, batch_size=2)
+    assert [row.sample_id for row in rows] == [f"m.jsonl:{i}" for i in range(1, 5)]
+    assert report.images_looked_up == 3 and report.images_embedded == 3 and report.cache_hits == 0
     assert report.forward_passes == embedder.forward_passes - passes_before == 2  # batches of 2 over 3 images
-    assert report.rows[0].image_pair_similarity == report.rows[3].image_pair_similarity
-    assert report.status_counts == {"ok": 4}
+    assert rows[0].image_pair_similarity == rows[3].image_pair_similarity
+    assert report.status_counts == {"ok": 4} and report.image_refs == 8
+
+
+def test_duplicates_across_chunks_are_found_through_the_cache(embedder, tmp_path):
+    cat, img2, img3 = (PHOTOS / n for n in ("cat.jpg", "img2.jpg", "img3.jpg"))
+    samples = manifest_of(tmp_path, [(cat, img2), (img2, img3), (img3, cat)])
+    rows, report = score_samples(samples, embedder, batch_size=8, chunk_size=1)
+    one_chunk, _ = score_samples(samples, embedder, batch_size=8)
+    assert report.images_embedded == 3 and report.cache_hits == 3
+    for chunked_row, whole_row in zip(rows, one_chunk):  # other batch compositions: float noise only
+        assert chunked_row.image_pair_similarity == pytest.approx(whole_row.image_pair_similarity, abs=1e-6)
+
+
+def test_the_persistent_cache_is_keyed_by_model_and_content(embedder, tiny_clip_dir, tmp_path):
+    from pairfilter_dagster.core.embedding import ClipEmbedder, ModelSpec
+
+    from .conftest import write_clip_checkpoint
+
+    samples = manifest_of(tmp_path, [(PHOTOS / "cat.jpg", PHOTOS / "img2.jpg")])
+    with store.connect(tmp_path / "p.duckdb") as conn:
+        first_rows, first = score_samples(samples, embedder, batch_size=8, cache=EmbeddingCache(conn, embedder.model_key))
+        again_rows, again = score_samples(samples, embedder, batch_size=8, cache=EmbeddingCache(conn, embedder.model_key))
+        other = ClipEmbedder.load(ModelSpec(str(write_clip_checkpoint(tmp_path / "other", seed=7)), device="cpu"))
+        assert other.model_key != embedder.model_key
+        _, other_report = score_samples(samples, other, batch_size=8, cache=EmbeddingCache(conn, other.model_key))
+        assert EmbeddingCache(conn, embedder.model_key).count() == 2 == EmbeddingCache(conn, other.model_key).count()
+    assert (first.images_embedded, first.forward_passes) == (2, 1)
+    assert (again.images_embedded, again.forward_passes, again.cache_hits) == (0, 0, 2)
+    assert again_rows[0].image_pair_similarity == first_rows[0].image_pair_similarity
+    assert other_report.images_embedded == 2  # another model never reuses these embeddings
+
+
+def test_same_checkpoint_loaded_twice_has_the_same_model_key(embedder, tiny_clip_dir):
+    from pairfilter_dagster.core.embedding import ClipEmbedder, ModelSpec
+
+    assert ClipEmbedder.load(ModelSpec(str(tiny_clip_dir), device="cpu")).model_key == embedder.model_key
 
 
 def test_missing_and_unreadable_images_are_reported_per_sample(embedder, tmp_path):
@@ -31,24 +72,34 @@ def test_missing_and_unreadable_images_are_reported_per_sample(embedder, tmp_pat
         {"images": [cat, str(PHOTOS / "img2.jpg")]},
         {"images": [cat]},
     ])
-    report = score_samples(read_samples(tmp_path / "raw"), embedder, batch_size=4)
-    assert [row.status for row in report.rows] == [
+    rows, report = score_samples(read_samples(tmp_path / "raw"), embedder, batch_size=4)
+    assert [row.status for row in rows] == [
         "missing_image", "unreadable_image", "unreadable_image", "ok", "not_a_pair",
     ]
-    assert "gone.jpg" in report.rows[0].error and "fake.jpg" in report.rows[1].error
-    assert "truncated.jpg" in report.rows[2].error
-    assert all(row.image_pair_similarity == [] for row in report.rows if row.status != "ok")
+    assert "gone.jpg" in rows[0].error and "fake.jpg" in rows[1].error
+    assert "truncated.jpg" in rows[2].error
+    assert all(row.image_pair_similarity == [] for row in rows if row.status != "ok")
     assert report.status_counts == {"missing_image": 1, "unreadable_image": 2, "ok": 1, "not_a_pair": 1}
+    assert report.decode_failures == 2
 
 
-def test_batch_size_must_be_positive(embedder):
+def test_progress_reports_images_done_rate_and_eta(embedder, tmp_path):
+    samples = manifest_of(tmp_path, [(PHOTOS / "cat.jpg", PHOTOS / "img2.jpg"), (PHOTOS / "img3.jpg", PHOTOS / "img8.jpg")])
+    lines = []
+    with PairScorer(embedder, batch_size=1, on_progress=progress_logger(lines.append, 4, every_seconds=0)) as scorer:
+        list(scorer.score_all(chunked(samples, 1)))
+    assert lines[-1].startswith("Images 4/4") and "ETA 0 s" in lines[-1] and "4 embedded" in lines[-1]
+    assert len(lines) >= 4
+
+
+def test_batch_size_and_workers_must_be_positive(embedder):
     with pytest.raises(ValueError, match="batch_size"):
-        embed_distinct_images([], embedder, batch_size=0)
+        PairScorer(embedder, batch_size=0)
+    with pytest.raises(ValueError, match="workers"):
+        PairScorer(embedder, batch_size=1, workers=0)
 
 
 def test_cosine_of_unit_vectors_stays_in_range():
-    import numpy as np
-
     v = np.array([0.6, 0.8000001], dtype=np.float32)
     assert cosine(v, v) == 1.0
     assert cosine(v, -v) == -1.0

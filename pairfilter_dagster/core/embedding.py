@@ -4,6 +4,8 @@ torch and transformers are imported inside `ClipEmbedder.load`, never at module 
 import this package to show the UI, and must not pay for (or require) torch to do so.
 """
 
+import hashlib
+import json
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -68,6 +70,7 @@ class ClipEmbedder:
         self.device = device
         self.forward_passes = 0
         self.images_embedded = 0
+        self._model_key: str | None = None
 
     @classmethod
     def load(cls, spec: ModelSpec) -> "ClipEmbedder":
@@ -100,16 +103,32 @@ class ClipEmbedder:
         model.to(device).eval()
         return cls(model, image_processor, spec, device)
 
+    @property
+    def model_key(self) -> str:
+        """Identity of what produces the embeddings: a hash of the weights as loaded, the dtype and the image
+        processor's settings. Two checkpoints share cached embeddings only if all of these agree."""
+        if self._model_key is None:
+            self._model_key = model_fingerprint(self.model, self.image_processor, self.spec.dtype)
+        return self._model_key
+
     def pixel_values(self, images: "Sequence[Image.Image]") -> Any:
         """The model's own preprocessing (resize, crop, normalise) as one batch tensor."""
         return self.image_processor(images=list(images), return_tensors="pt")["pixel_values"]
 
+    def preprocess(self, image: "Image.Image") -> np.ndarray:
+        """One image's pixel values (C, H, W); thread-safe, so worker threads can prepare batches."""
+        return self.image_processor(images=[image], return_tensors="np")["pixel_values"][0]
+
     def embed_pixels(self, pixel_values: Any) -> np.ndarray:
-        """One forward pass; rows are L2-normalised float32 embeddings."""
+        """One forward pass over a batch (tensor or stacked numpy array); rows are L2-normalised float32."""
         import torch
 
+        if isinstance(pixel_values, np.ndarray):
+            pixel_values = torch.from_numpy(pixel_values)
         with torch.inference_mode():
-            batch = pixel_values.to(self.device, dtype=self.model.dtype)
+            if self.device == "cuda":
+                pixel_values = pixel_values.pin_memory()
+            batch = pixel_values.to(self.device, dtype=self.model.dtype, non_blocking=True)
             output = self.model.get_image_features(pixel_values=batch)
             # transformers 5 returns an output object whose pooler_output holds the projected features;
             # older releases return the tensor itself.
@@ -121,6 +140,22 @@ class ClipEmbedder:
 
     def embed(self, images: "Sequence[Image.Image]") -> np.ndarray:
         return self.embed_pixels(self.pixel_values(images))
+
+
+def model_fingerprint(model: Any, image_processor: Any, dtype: str) -> str:
+    """sha256 over the weights that make image embeddings (vision tower and projection: names and bytes), the dtype,
+    and the image processor's class and settings. Text-tower weights cannot change an image embedding."""
+    import torch
+
+    digest = hashlib.sha256()
+    settings = {"class": type(image_processor).__name__, **image_processor.to_dict()}
+    digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
+    digest.update(dtype.encode())
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith(("vision_model.", "visual_projection.")):
+            digest.update(name.encode())
+            digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data)
+    return digest.hexdigest()
 
 
 def looks_like_local_path(name: str) -> bool:

@@ -1,8 +1,16 @@
-"""Pair scores: embed every distinct image once, then score each sample's pair by cosine similarity."""
+"""Pair scores, streamed in bounded chunks of samples.
 
+For each chunk: hash the image files, take the embeddings already in the cache, decode and preprocess the rest in
+worker threads while the model embeds the previous batch, store the new embeddings in the cache, then score each
+sample's pairs by cosine similarity. Memory is bounded by the chunk size, never by the dataset: cross-chunk
+duplicates are found through the cache."""
+
+import itertools
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Sequence
+from typing import Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -11,8 +19,26 @@ from .images import ImageDecodeError, ImageFile, decode_rgb, inspect_image_file
 from .samples import Sample
 from .status import Status
 
-ProgressCallback = Callable[[int, int, float], None]
-"""Called after each batch with (images done, images total, seconds elapsed)."""
+DEFAULT_CHUNK_SIZE = 512
+DEFAULT_WORKERS = 2
+
+
+class Cache(Protocol):
+    def get_many(self, content_hashes: Iterable[str]) -> dict[str, np.ndarray]: ...
+    def put_many(self, embeddings: dict[str, np.ndarray]) -> None: ...
+
+
+class MemoryCache:
+    """A cache that lives as long as the scorer: deduplication within one run, nothing kept after it."""
+
+    def __init__(self) -> None:
+        self.embeddings: dict[str, np.ndarray] = {}
+
+    def get_many(self, content_hashes: Iterable[str]) -> dict[str, np.ndarray]:
+        return {h: self.embeddings[h] for h in content_hashes if h in self.embeddings}
+
+    def put_many(self, embeddings: dict[str, np.ndarray]) -> None:
+        self.embeddings.update(embeddings)
 
 
 @dataclass
@@ -23,6 +49,7 @@ class StatsRow:
     manifest: str
     line_number: int
     images: list[str]
+    image_hashes: list[str]
     image_pair_similarity: list[float]
     status: str
     error: str
@@ -31,10 +58,14 @@ class StatsRow:
 
 @dataclass
 class ScoringReport:
-    rows: list[StatsRow]
-    unique_images: int = 0
+    samples: int = 0
+    image_refs: int = 0
+    images_looked_up: int = 0
+    """Distinct images per chunk, summed: each was a cache hit, embedded, or failed to decode."""
+    cache_hits: int = 0
     images_embedded: int = 0
     forward_passes: int = 0
+    decode_failures: int = 0
     seconds: float = 0.0
     status_counts: dict[str, int] = field(default_factory=dict)
 
@@ -42,10 +73,157 @@ class ScoringReport:
     def images_per_second(self) -> float:
         return self.images_embedded / self.seconds if self.seconds > 0 else 0.0
 
+    @property
+    def cache_hit_rate(self) -> float:
+        return self.cache_hits / self.images_looked_up if self.images_looked_up else 0.0
+
+
+ProgressCallback = Callable[[ScoringReport, float], None]
+"""Called after each batch with the running report and the estimated image references done so far."""
+
+
+def progress_logger(log: Callable[[str], None], refs_total: int, every_seconds: float = 5.0) -> ProgressCallback:
+    """A progress callback that writes one line at most every few seconds, and always at the end."""
+    last = [-float("inf")]
+
+    def report_progress(report: ScoringReport, refs_done: float) -> None:
+        finished = refs_done >= refs_total
+        if not finished and time.monotonic() - last[0] < every_seconds:
+            return
+        last[0] = time.monotonic()
+        rate = refs_done / report.seconds if report.seconds > 0 else 0.0
+        eta = f"{(refs_total - refs_done) / rate:.0f} s" if rate > 0 else "unknown"
+        log(
+            f"Images {refs_done:.0f}/{refs_total} ({rate:.1f}/s, ETA {eta}): {report.images_embedded} embedded, "
+            f"{report.cache_hits} from cache, {report.images_per_second:.1f} embedded/s"
+        )
+
+    return report_progress
+
 
 def image_pairs(image_count: int) -> list[tuple[int, int]]:
     """The pairs a sample is scored on: Data-Juicer's rule is exactly two images, one pair."""
     return [(0, 1)] if image_count == 2 else []
+
+
+class PairScorer:
+    """Scores chunks of samples with one embedder, one cache and one pool of decode workers."""
+
+    def __init__(
+        self,
+        embedder: ClipEmbedder,
+        cache: Cache | None = None,
+        *,
+        batch_size: int,
+        workers: int = DEFAULT_WORKERS,
+        on_progress: ProgressCallback | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size: must be at least 1, got {batch_size}")
+        if workers < 1:
+            raise ValueError(f"workers: must be at least 1, got {workers}")
+        self.embedder = embedder
+        self.cache = cache if cache is not None else MemoryCache()
+        self.batch_size = batch_size
+        self.on_progress = on_progress
+        self.report = ScoringReport()
+        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pairfilter-decode")
+        self._started = time.perf_counter()
+        self._refs_before_chunk = 0
+
+    def __enter__(self) -> "PairScorer":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def score_chunk(self, samples: Sequence[Sample]) -> list[StatsRow]:
+        paths = list(dict.fromkeys(p for s in samples if s.status is Status.OK for p in s.images))
+        files = dict(zip(paths, self._pool.map(inspect_image_file, paths)))
+        first_path = {}
+        for image_file in files.values():
+            if image_file.content_hash:
+                first_path.setdefault(image_file.content_hash, image_file.path)
+
+        embeddings = self.cache.get_many(first_path)
+        todo = [(h, path) for h, path in first_path.items() if h not in embeddings]
+        chunk_refs = sum(len(s.images) for s in samples if s.status is Status.OK)
+        new, errors = self._embed(todo, chunk_refs)
+        self.cache.put_many(new)
+        embeddings.update(new)
+
+        rows = [stats_row(sample, files, embeddings, errors) for sample in samples]
+        r = self.report
+        r.samples += len(samples)
+        r.image_refs += chunk_refs
+        r.images_looked_up += len(first_path)
+        r.cache_hits += len(first_path) - len(todo)
+        r.decode_failures += len(errors)
+        for row in rows:
+            r.status_counts[row.status] = r.status_counts.get(row.status, 0) + 1
+        self._refs_before_chunk = r.image_refs
+        self._tick(float(r.image_refs))
+        return rows
+
+    def score_all(self, chunks: Iterable[Sequence[Sample]]) -> Iterator[list[StatsRow]]:
+        for chunk in chunks:
+            yield self.score_chunk(chunk)
+
+    def _embed(self, todo: list[tuple[str, str]], chunk_refs: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+        """Embed (content hash, path) items in batches, decoding ahead in the worker threads."""
+        embeddings: dict[str, np.ndarray] = {}
+        errors: dict[str, str] = {}
+        hashes: list[str] = []
+        pixels: list[np.ndarray] = []
+
+        def flush() -> None:
+            if pixels:
+                passes_before = self.embedder.forward_passes
+                embeddings.update(zip(hashes, self.embedder.embed_pixels(np.stack(pixels))))
+                self.report.forward_passes += self.embedder.forward_passes - passes_before
+                self.report.images_embedded += len(pixels)
+                hashes.clear()
+                pixels.clear()
+                done = (len(embeddings) + len(errors)) / len(todo)
+                self._tick(self._refs_before_chunk + done * chunk_refs)
+
+        for content_hash, prepared in self._prepared(todo):
+            if isinstance(prepared, str):
+                errors[content_hash] = prepared
+                continue
+            hashes.append(content_hash)
+            pixels.append(prepared)
+            if len(pixels) == self.batch_size:
+                flush()
+        flush()
+        return embeddings, errors
+
+    def _prepared(self, todo: list[tuple[str, str]]) -> Iterator[tuple[str, np.ndarray | str]]:
+        """Decoded, preprocessed pixels (or a decode error) in input order, at most two batches ahead."""
+        items = iter(todo)
+        pending = deque(
+            (h, self._pool.submit(self._prepare, path))
+            for h, path in itertools.islice(items, 2 * self.batch_size)
+        )
+        while pending:
+            content_hash, future = pending.popleft()
+            following = next(items, None)
+            if following is not None:
+                pending.append((following[0], self._pool.submit(self._prepare, following[1])))
+            yield content_hash, future.result()
+
+    def _prepare(self, path: str) -> np.ndarray | str:
+        try:
+            return self.embedder.preprocess(decode_rgb(path))
+        except ImageDecodeError as exc:
+            return str(exc)
+        except Exception as exc:  # the processor can refuse odd images (e.g. 1x1 pixels)
+            return f"cannot preprocess {path}: {type(exc).__name__}: {exc}"
+
+    def _tick(self, refs_done: float) -> None:
+        self.report.seconds = time.perf_counter() - self._started
+        if self.on_progress:
+            self.on_progress(self.report, refs_done)
 
 
 def score_samples(
@@ -53,59 +231,20 @@ def score_samples(
     embedder: ClipEmbedder,
     *,
     batch_size: int,
-    on_progress: ProgressCallback | None = None,
-) -> ScoringReport:
-    samples = list(samples)
-    started = time.perf_counter()
-    passes_before, embedded_before = embedder.forward_passes, embedder.images_embedded
-
-    files = {path: inspect_image_file(path) for s in samples if s.status is Status.OK for path in s.images}
-    embeddings, decode_errors = embed_distinct_images(files.values(), embedder, batch_size, on_progress)
-    rows = [stats_row(sample, files, embeddings, decode_errors) for sample in samples]
-
-    report = ScoringReport(
-        rows=rows,
-        unique_images=len({f.content_hash for f in files.values() if f.content_hash}),
-        images_embedded=embedder.images_embedded - embedded_before,
-        forward_passes=embedder.forward_passes - passes_before,
-        seconds=time.perf_counter() - started,
-    )
-    for row in rows:
-        report.status_counts[row.status] = report.status_counts.get(row.status, 0) + 1
-    return report
+    cache: Cache | None = None,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    workers: int = DEFAULT_WORKERS,
+) -> tuple[list[StatsRow], ScoringReport]:
+    """Score samples held in memory (small datasets, tests); pipelines stream with `PairScorer.score_all`."""
+    with PairScorer(embedder, cache, batch_size=batch_size, workers=workers) as scorer:
+        rows = [row for chunk in scorer.score_all(chunked(samples, chunk_size)) for row in chunk]
+    return rows, scorer.report
 
 
-def embed_distinct_images(
-    files: Iterable[ImageFile],
-    embedder: ClipEmbedder,
-    batch_size: int,
-    on_progress: ProgressCallback | None = None,
-) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-    """Embed each distinct content hash once. Returns (hash -> unit vector, hash -> decode error)."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size: must be at least 1, got {batch_size}")
-    first_path_by_hash: dict[str, str] = {}
-    for image_file in files:
-        if image_file.content_hash:
-            first_path_by_hash.setdefault(image_file.content_hash, image_file.path)
-
-    embeddings: dict[str, np.ndarray] = {}
-    errors: dict[str, str] = {}
-    todo = list(first_path_by_hash.items())
-    started = time.perf_counter()
-    for start in range(0, len(todo), batch_size):
-        decoded_hashes, images = [], []
-        for content_hash, path in todo[start : start + batch_size]:
-            try:
-                images.append(decode_rgb(path))
-                decoded_hashes.append(content_hash)
-            except ImageDecodeError as exc:
-                errors[content_hash] = str(exc)
-        if images:
-            embeddings.update(zip(decoded_hashes, embedder.embed(images)))
-        if on_progress:
-            on_progress(min(start + batch_size, len(todo)), len(todo), time.perf_counter() - started)
-    return embeddings, errors
+def chunked(items: Iterable, size: int) -> Iterator[list]:
+    iterator = iter(items)
+    while chunk := list(itertools.islice(iterator, size)):
+        yield chunk
 
 
 def stats_row(
@@ -119,11 +258,13 @@ def stats_row(
         status, error, vectors = vectors_for(sample.images, files, embeddings, decode_errors)
         if status is Status.OK:
             scores = [cosine(vectors[i], vectors[j]) for i, j in image_pairs(len(vectors))]
+    hashes = [files[path].content_hash or "" for path in sample.images] if sample.status is Status.OK else []
     return StatsRow(
         sample_id=sample.sample_id,
         manifest=sample.manifest,
         line_number=sample.line_number,
         images=list(sample.images),
+        image_hashes=hashes,
         image_pair_similarity=scores,
         status=str(status),
         error=error,

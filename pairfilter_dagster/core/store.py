@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Sequence
 
 import duckdb
 import pandas as pd
@@ -41,6 +41,7 @@ TABLES: dict[str, list[Column]] = {
         *SAMPLE_COLUMNS,
         SIMILARITY_COLUMN,
         *STATUS_COLUMNS,
+        ("image_hashes", "VARCHAR[]", "sha256 of each image file's content (the embedding cache key)"),
         ("sample_json", "VARCHAR", "the manifest line as written"),
     ],
     "filtered_samples": [
@@ -77,27 +78,37 @@ def connect(database: Path, *, read_only: bool = False, wait_seconds: float = LO
         conn.close()
 
 
-def replace_table(conn: duckdb.DuckDBPyConnection, table: str, rows: Sequence[Any]) -> int:
+def replace_table(conn: duckdb.DuckDBPyConnection, table: str, rows: Iterable[Any]) -> int:
     """Replace `table` with `rows` (dataclasses or dicts holding at least the table's columns), atomically."""
+    return replace_table_in_chunks(conn, table, [list(rows)])
+
+
+def replace_table_in_chunks(conn: duckdb.DuckDBPyConnection, table: str, chunks: Iterable[Sequence[Any]]) -> int:
+    """Replace `table` with rows arriving in chunks, inside one transaction: memory holds one chunk at a time,
+    readers see the old table until the last chunk is in, and a failure (or a kill) leaves the old table."""
     columns = TABLES[table]
-    frame = pd.DataFrame(
-        [asdict(row) if is_dataclass(row) else row for row in rows],
-        columns=[name for name, _, _ in columns],
-    )
+    names = [name for name, _, _ in columns]
     definition = ", ".join(f'"{name}" {sql_type}' for name, sql_type, _ in columns)
     select = ", ".join(f'CAST("{name}" AS {sql_type})' for name, sql_type, _ in columns)
+    written = 0
     conn.execute("BEGIN TRANSACTION")
     try:
         conn.execute(f'CREATE OR REPLACE TABLE "{table}" ({definition})')
-        if len(frame):
+        for chunk in chunks:
+            if not chunk:
+                continue
+            frame = pd.DataFrame([asdict(row) if is_dataclass(row) else row for row in chunk], columns=names)
             conn.register("incoming_rows", frame)
-            conn.execute(f'INSERT INTO "{table}" SELECT {select} FROM incoming_rows')
-            conn.unregister("incoming_rows")
+            try:
+                conn.execute(f'INSERT INTO "{table}" SELECT {select} FROM incoming_rows')
+            finally:
+                conn.unregister("incoming_rows")
+            written += len(frame)
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return len(frame)
+    return written
 
 
 def table_exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
@@ -109,12 +120,21 @@ def table_exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
 
 def read_rows(conn: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str] | None = None) -> list[dict]:
     """Rows of `table` as dicts, in input order (manifest path, then line number); all columns by default."""
+    return [row for chunk in iter_chunks(conn, table, columns) for row in chunk]
+
+
+def iter_chunks(
+    conn: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str] | None = None, chunk_size: int = 2048
+) -> Iterator[list[dict]]:
+    """Rows of `table` as dicts in input order, streamed in chunks (use a cursor of its own: other statements on
+    the same connection would end the stream)."""
     if not table_exists(conn, table):
         raise LookupError(f"table {table!r} does not exist yet: materialize it first")
     columns = list(columns or [name for name, _, _ in TABLES[table]])
     selected = ", ".join(f'"{name}"' for name in columns)
-    rows = conn.execute(f'SELECT {selected} FROM "{table}" ORDER BY {INPUT_ORDER}').fetchall()
-    return [dict(zip(columns, row)) for row in rows]
+    result = conn.execute(f'SELECT {selected} FROM "{table}" ORDER BY {INPUT_ORDER}')
+    while rows := result.fetchmany(chunk_size):
+        yield [dict(zip(columns, row)) for row in rows]
 
 
 def row_count(conn: duckdb.DuckDBPyConnection, table: str) -> int:

@@ -1,52 +1,64 @@
-"""Summaries of the scores for people: statistics and a text histogram that reads well in Markdown."""
+"""Summaries of the scores for people: statistics and a text histogram that reads well in Markdown.
+
+Both are computed in DuckDB over the stored table, so they cost the same memory for ten rows or ten million."""
 
 import math
+from dataclasses import dataclass, field
 from typing import Mapping, Sequence
 
-import numpy as np
+import duckdb
 
 BIN_WIDTH = 0.1
+BINS = int(round(2.0 / BIN_WIDTH))  # scores lie in [-1, 1]
 BAR_WIDTH = 30
 
 
-def score_statistics(scores: Sequence[float]) -> dict[str, float]:
+@dataclass
+class ScoreSummary:
+    count: int = 0
+    statistics: dict[str, float] = field(default_factory=dict)
     """min / mean / median / max of all pair scores (empty when there are none)."""
-    if len(scores) == 0:
-        return {}
-    values = np.asarray(scores, dtype=np.float64)
-    return {
-        "min": float(values.min()),
-        "mean": float(values.mean()),
-        "median": float(np.median(values)),
-        "max": float(values.max()),
-    }
+    bin_counts: list[int] = field(default_factory=lambda: [0] * BINS)
+    """Scores per bin of width BIN_WIDTH, from -1 upwards; 1.0 falls in the last bin."""
 
 
-def histogram_markdown(
-    scores: Sequence[float], *, thresholds: Mapping[str, float] | None = None, bin_width: float = BIN_WIDTH
-) -> str:
+def summarize_scores(conn: duckdb.DuckDBPyConnection, table: str) -> ScoreSummary:
+    scores = f'"{table}", unnest(image_pair_similarity) AS t(s)'
+    count, low, mean, median, high = conn.execute(
+        f"SELECT count(s), min(s), avg(s), median(s), max(s) FROM {scores}"
+    ).fetchone()
+    summary = ScoreSummary(count=count)
+    if count:
+        summary.statistics = {"min": low, "mean": mean, "median": median, "max": high}
+        for b, n in conn.execute(
+            f"SELECT least(greatest(floor((s + 1) / {BIN_WIDTH})::INTEGER, 0), {BINS - 1}) AS b, count(*) "
+            f"FROM {scores} GROUP BY b"
+        ).fetchall():
+            summary.bin_counts[b] = n
+    return summary
+
+
+def bin_of(score: float) -> int:
+    return min(max(int(math.floor((score + 1.0) / BIN_WIDTH + 1e-9)), 0), BINS - 1)
+
+
+def histogram_markdown(bin_counts: Sequence[int], *, thresholds: Mapping[str, float] | None = None) -> str:
     """A Markdown table with one row per score bin and a bar of block characters. Bins holding a threshold
     (e.g. {"min_score": 0.1}) are marked, so the keep range can be read off."""
-    if len(scores) == 0:
+    if not any(bin_counts):
         return "_no scores_"
-    values = np.clip(np.asarray(scores, dtype=np.float64), -1.0, 1.0)
-    bins = int(round(2.0 / bin_width))
-    index = np.minimum(((values + 1.0) / bin_width).astype(int), bins - 1)
-    counts = np.bincount(index, minlength=bins)
-    used = np.nonzero(counts)[0]
     marks: dict[int, list[str]] = {}
     for name, value in (thresholds or {}).items():
-        marks.setdefault(min(int(math.floor((value + 1.0) / bin_width + 1e-9)), bins - 1), []).append(
-            f"{name} {value:g}"
-        )
+        marks.setdefault(bin_of(value), []).append(f"{name} {value:g}")
+    used = [b for b, n in enumerate(bin_counts) if n]
     first, last = min([used[0], *marks]), max([used[-1], *marks])
-    peak = counts.max()
+    peak = max(bin_counts)
     lines = ["| similarity | samples | |", "|---|---:|---|"]
     for b in range(first, last + 1):
-        low = -1.0 + b * bin_width
-        label = f"{low:.2f} – {low + bin_width:.2f}" + (f" ⟵ {', '.join(marks[b])}" if b in marks else "")
-        bar = "█" * int(round(BAR_WIDTH * counts[b] / peak)) if counts[b] else ""
-        lines.append(f"| {label} | {counts[b]} | {bar} |")
+        low = round(-1.0 + b * BIN_WIDTH, 6) + 0.0  # + 0.0 turns -0.0 into 0.0
+        label = f"{low:.1f} – {low + BIN_WIDTH:.1f}" + (f" ⟵ {', '.join(marks[b])}" if b in marks else "")
+        bar = "█" * max(1, round(BAR_WIDTH * bin_counts[b] / peak)) if bin_counts[b] else ""
+        lines.append(f"| {label} | {bin_counts[b]} | {bar} |")
     return "\n".join(lines)
 
 

@@ -39,6 +39,9 @@ class ClipModel(dg.ConfigurableResource):
         default="float32", description="Half precision (cuda only) is faster and approximate."
     )
     batch_size: int = Field(default=32, ge=1, description="Images per forward pass.")
+    decode_workers: int = Field(
+        default=2, ge=1, description="Threads that decode and preprocess images while the model runs."
+    )
 
     _embedder: Optional[ClipEmbedder] = PrivateAttr(default=None)
 
