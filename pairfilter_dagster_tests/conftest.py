@@ -7,33 +7,11 @@ from pathlib import Path
 
 import pytest
 
+from .checkpoints import write_clip_checkpoint
+
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED_DATA = REPO / "data"
 PHOTOS = BUNDLED_DATA / "images"
-
-
-def write_clip_checkpoint(folder: Path, *, projection_dim: int = 24, image_size: int = 32, seed: int = 0) -> Path:
-    """A tiny CLIP model plus its image processor, saved exactly as a hub checkpoint is laid out."""
-    import torch
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel
-
-    config = CLIPConfig(
-        text_config=dict(
-            hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-            vocab_size=99, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1,
-        ),
-        vision_config=dict(
-            hidden_size=32, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4,
-            image_size=image_size, patch_size=8,
-        ),
-        projection_dim=projection_dim,
-    )
-    torch.manual_seed(seed)
-    CLIPModel(config).save_pretrained(folder)
-    CLIPImageProcessor(
-        size={"shortest_edge": image_size}, crop_size={"height": image_size, "width": image_size}
-    ).save_pretrained(folder)
-    return folder
 
 
 @pytest.fixture(scope="session")

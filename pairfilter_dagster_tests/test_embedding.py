@@ -7,7 +7,8 @@ from pairfilter_dagster.core.embedding import ClipEmbedder, ModelLoadError, Mode
 from pairfilter_dagster.core.samples import read_samples
 from pairfilter_dagster.core.scoring import score_samples
 
-from .conftest import PHOTOS, write_clip_checkpoint, write_manifest
+from .checkpoints import write_clip_checkpoint
+from .conftest import PHOTOS, write_manifest
 
 PAIRS = [("cat.jpg", "img2.jpg"), ("img1.png", "img3.jpg"), ("cat.jpg", "cat_crop.jpg"), ("img2.jpg", "img2_small.png")]
 

@@ -3,9 +3,11 @@ import pytest
 
 from pairfilter_dagster.core import store
 from pairfilter_dagster.core.cache import EmbeddingCache
+from pairfilter_dagster.core.embedding import ClipEmbedder, ModelSpec
 from pairfilter_dagster.core.samples import read_samples
 from pairfilter_dagster.core.scoring import PairScorer, chunked, cosine, progress_logger, score_samples
 
+from .checkpoints import write_clip_checkpoint
 from .conftest import PHOTOS, write_manifest
 
 
@@ -37,10 +39,6 @@ def test_duplicates_across_chunks_are_found_through_the_cache(embedder, tmp_path
 
 
 def test_the_persistent_cache_is_keyed_by_model_and_content(embedder, tiny_clip_dir, tmp_path):
-    from pairfilter_dagster.core.embedding import ClipEmbedder, ModelSpec
-
-    from .conftest import write_clip_checkpoint
-
     samples = manifest_of(tmp_path, [(PHOTOS / "cat.jpg", PHOTOS / "img2.jpg")])
     with store.connect(tmp_path / "p.duckdb") as conn:
         first_rows, first = score_samples(samples, embedder, batch_size=8, cache=EmbeddingCache(conn, embedder.model_key))
@@ -56,8 +54,6 @@ def test_the_persistent_cache_is_keyed_by_model_and_content(embedder, tiny_clip_
 
 
 def test_same_checkpoint_loaded_twice_has_the_same_model_key(embedder, tiny_clip_dir):
-    from pairfilter_dagster.core.embedding import ClipEmbedder, ModelSpec
-
     assert ClipEmbedder.load(ModelSpec(str(tiny_clip_dir), device="cpu")).model_key == embedder.model_key
 
 

@@ -1,20 +1,18 @@
 """The three assets: raw_samples -> image_pair_stats -> filtered_samples. Each is a thin wrapper over core.
 
-Every asset streams: rows go from DuckDB (or the manifests) to DuckDB in bounded chunks, so memory does not grow
-with the dataset."""
+The work is in `core.tables`: every asset streams rows to DuckDB in bounded chunks, so memory does not grow with the
+dataset."""
 
-from collections import Counter
+from typing import Mapping
 
 import dagster as dg
 
 from ..core import store
-from ..core.cache import EmbeddingCache
-from ..core.filtering import keep_flags
-from ..core.outputs import atomic_writer, dj_record
-from ..core.samples import Sample, find_manifests, read_samples
-from ..core.scoring import DEFAULT_CHUNK_SIZE, PairScorer, chunked, progress_logger
+from ..core.samples import find_manifests, read_samples
+from ..core.scoring import progress_logger
 from ..core.status import STATUS_DESCRIPTIONS, Status
 from ..core.summary import histogram_markdown, markdown_table, summarize_scores
+from ..core.tables import build_filtered_samples, build_image_pair_stats, build_raw_samples, image_refs_to_score
 from .config import FilterConfig, check_filter_run_config
 from .resources import ClipModel, PairfilterStorage
 
@@ -28,7 +26,7 @@ def column_schema(table: str) -> dg.TableSchema:
     )
 
 
-def status_count_metadata(counts: Counter) -> dict[str, int]:
+def status_count_metadata(counts: Mapping[str, int]) -> dict[str, int]:
     """One numeric entry per status (zeros included), so the UI plots each over time."""
     return {f"status_{status.value}": counts.get(status.value, 0) for status in Status}
 
@@ -50,18 +48,13 @@ def similarity_metadata(conn, thresholds: dict[str, float] | None = None) -> dic
 def raw_samples(context: dg.AssetExecutionContext, storage: PairfilterStorage) -> dg.MaterializeResult:
     check_filter_run_config(context.run.run_config)
     manifests = find_manifests(storage.raw_dir)
-    counts: Counter = Counter()
-    preview: list[tuple] = []
-
-    def rows_in_chunks():
-        for chunk in chunked(read_samples(storage.raw_dir), DEFAULT_CHUNK_SIZE):
-            counts.update(s.status.value for s in chunk)
-            preview.extend((s.sample_id, s.status.value, s.error, " , ".join(s.images)) for s in chunk)
-            del preview[PREVIEW_ROWS:]
-            yield [s.as_row() for s in chunk]
-
     with storage.connect() as conn:
-        total = store.replace_table_in_chunks(conn, "raw_samples", rows_in_chunks())
+        counts = build_raw_samples(conn, read_samples(storage.raw_dir))
+        total = sum(counts.values())
+        preview = conn.execute(
+            f"SELECT sample_id, status, error, array_to_string(images, ' , ') FROM raw_samples "
+            f"ORDER BY {store.INPUT_ORDER} LIMIT {PREVIEW_ROWS}"
+        ).fetchall()
     context.log.info(f"Read {total} samples from {len(manifests)} manifests under {storage.raw_dir}")
     return dg.MaterializeResult(
         metadata={
@@ -91,23 +84,13 @@ def image_pair_stats(
     check_filter_run_config(context.run.run_config)
     embedder = clip.embedder
     with storage.connect() as conn:
-        refs_total = conn.execute(
-            "SELECT coalesce(sum(len(images)), 0) FROM raw_samples WHERE status = 'ok'"
-        ).fetchone()[0]
-        cache = EmbeddingCache(conn.cursor(), embedder.model_key)
-        with PairScorer(
+        report = build_image_pair_stats(
+            conn,
             embedder,
-            cache,
             batch_size=clip.batch_size,
             workers=clip.decode_workers,
-            on_progress=progress_logger(context.log.info, refs_total),
-        ) as scorer:
-            sample_chunks = (
-                [Sample.from_row(row) for row in rows]
-                for rows in store.iter_chunks(conn.cursor(), "raw_samples", chunk_size=DEFAULT_CHUNK_SIZE)
-            )
-            total = store.replace_table_in_chunks(conn, "image_pair_stats", scorer.score_all(sample_chunks))
-        report = scorer.report
+            on_progress=progress_logger(context.log.info, image_refs_to_score(conn)),
+        )
         distinct_images = conn.execute(
             "SELECT count(DISTINCT h) FROM image_pair_stats, unnest(image_hashes) AS t(h) WHERE h <> ''"
         ).fetchone()[0]
@@ -115,9 +98,9 @@ def image_pair_stats(
 
     return dg.MaterializeResult(
         metadata={
-            "dagster/row_count": total,
+            "dagster/row_count": report.samples,
             "dagster/column_schema": column_schema("image_pair_stats"),
-            **status_count_metadata(Counter(report.status_counts)),
+            **status_count_metadata(report.status_counts),
             **similarity,
             "distinct_images": distinct_images,
             "images_embedded": report.images_embedded,
@@ -148,23 +131,8 @@ def filtered_samples(
     context: dg.AssetExecutionContext, config: FilterConfig, storage: PairfilterStorage
 ) -> dg.MaterializeResult:
     settings = config.to_settings()
-    counts = Counter()
-
-    def kept_in_chunks(reader, jsonl):
-        for rows in store.iter_chunks(reader, "image_pair_stats", chunk_size=DEFAULT_CHUNK_SIZE):
-            flags = keep_flags(((row["status"], row["image_pair_similarity"]) for row in rows), settings)
-            kept = [
-                {**row, "sample_json": dj_record(row["sample_json"], row["image_pair_similarity"])}
-                for row, keep in zip(rows, flags)
-                if keep
-            ]
-            counts.update(total=len(rows), scored=sum(r["status"] == Status.OK.value for r in rows), kept=len(kept))
-            jsonl.writelines(row["sample_json"] + "\n" for row in kept)
-            yield kept
-
     with storage.connect() as conn:
-        with atomic_writer(storage.filtered_jsonl) as jsonl:
-            store.replace_table_in_chunks(conn, "filtered_samples", kept_in_chunks(conn.cursor(), jsonl))
+        counts = build_filtered_samples(conn, settings, storage.filtered_jsonl)
         similarity = similarity_metadata(
             conn, thresholds={"min_score": settings.min_score, "max_score": settings.max_score}
         )

@@ -1,0 +1,267 @@
+"""Scoring benchmark: our pipeline against a Data-Juicer-style loop, on real photos, in one run.
+
+    .venv/bin/python -m benchmarks.bench_scoring            # full ViT-B/32-sized random CLIP, CPU
+    .venv/bin/python -m benchmarks.bench_scoring --device cuda --dtype float16
+
+It writes a randomly initialised checkpoint of the full ViT-B/32 architecture (the FLOPs of
+openai/clip-vit-base-patch32; no model hub is needed), builds datasets of distinct JPEGs cut from the bundled photos,
+and prints one table. Ratios compare numbers measured in this same run. Nothing here is a test: no assertion is
+made on time.
+"""
+
+import argparse
+import json
+import os
+import random
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+from pairfilter_dagster.core import store
+from pairfilter_dagster.core.embedding import ClipEmbedder, ModelSpec
+from pairfilter_dagster.core.images import decode_rgb
+from pairfilter_dagster.core.samples import read_samples
+from pairfilter_dagster.core.tables import build_image_pair_stats, build_raw_samples
+from pairfilter_dagster_tests.checkpoints import write_clip_checkpoint
+
+REPO = Path(__file__).resolve().parents[1]
+PHOTOS = sorted((REPO / "data" / "images").glob("*.jpg")) + sorted((REPO / "data" / "images").glob("*.png"))
+
+
+def distinct_photos(folder: Path, count: int, *, max_side: int | None = None, seed: int = 0) -> list[Path]:
+    """`count` JPEGs with distinct content: random crops (70-95%) of the bundled photos, some mirrored."""
+    rng = random.Random(seed)
+    folder.mkdir(parents=True, exist_ok=True)
+    sources = [Image.open(p).convert("RGB") for p in PHOTOS]
+    paths = []
+    for i in range(count):
+        image = sources[i % len(sources)]
+        w, h = image.size
+        cw, ch = int(w * rng.uniform(0.7, 0.95)), int(h * rng.uniform(0.7, 0.95))
+        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
+        crop = image.crop((x, y, x + cw, y + ch))
+        if rng.random() < 0.5:
+            crop = ImageOps.mirror(crop)
+        if max_side:
+            crop.thumbnail((max_side, max_side))
+        path = folder / f"photo_{i:05d}.jpg"
+        crop.save(path, quality=90)
+        paths.append(path)
+    return paths
+
+
+def write_dataset(data_dir: Path, pairs: list[tuple[Path, Path]]) -> Path:
+    raw = data_dir / "raw"
+    raw.mkdir(parents=True, exist_ok=True)
+    with open(raw / "pairs.jsonl", "w") as handle:
+        for i, (a, b) in enumerate(pairs):
+            handle.write(json.dumps({"id": i, "text": f"pair {i}", "images": [str(a), str(b)]}) + "\n")
+    return data_dir
+
+
+def data_juicer_loop(model, processor, pairs, device) -> float:
+    """Data-Juicer's compute_stats per sample: two PIL loads, the processor, two batch-of-1 forwards, cosine.
+    (Run under inference_mode, which only flatters the loop.) Returns seconds."""
+    started = time.perf_counter()
+    with torch.inference_mode():
+        for a, b in pairs:
+            images = [Image.open(a).convert("RGB"), Image.open(b).convert("RGB")]
+            pixels = processor(images, return_tensors="pt")["pixel_values"].to(device, dtype=model.dtype)
+            f1 = model.get_image_features(pixels[0].unsqueeze(0))
+            f2 = model.get_image_features(pixels[1].unsqueeze(0))
+            f1, f2 = (f if isinstance(f, torch.Tensor) else f.pooler_output for f in (f1, f2))
+            torch.cosine_similarity(f1, f2, dim=1).item()
+    return time.perf_counter() - started
+
+
+def our_scoring(embedder, data_dir: Path, batch_size: int, workers: int):
+    """The stats asset's work (ingest excluded): cache lookups, overlapped decoding, batched forwards, DuckDB
+    writes. Returns (seconds, report)."""
+    with store.connect(data_dir / "pairfilter.duckdb") as conn:
+        build_raw_samples(conn, read_samples(data_dir / "raw"))
+        started = time.perf_counter()
+        report = build_image_pair_stats(conn, embedder, batch_size=batch_size, workers=workers)
+        if embedder.device == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - started, report
+
+
+def model_limit(embedder, paths, batch_size: int, repeats: int = 1) -> float:
+    """Images/s of batched forward passes on ready tensors: what the model alone can do with these settings."""
+    pixels = np.stack([embedder.preprocess(decode_rgb(str(p))) for p in paths])
+    embedder.embed_pixels(pixels[:batch_size])  # warm-up
+    started = time.perf_counter()
+    for _ in range(repeats):
+        for i in range(0, len(pixels), batch_size):
+            embedder.embed_pixels(pixels[i : i + batch_size])
+    if embedder.device == "cuda":
+        torch.cuda.synchronize()
+    return repeats * len(pixels) / (time.perf_counter() - started)
+
+
+def rethreshold_seconds(work: Path, rows: int) -> tuple[float, float]:
+    """Seconds to re-materialize filtered_samples from a `rows`-row stats table: the core work, and the whole
+    Dagster materialization (run start, step, checks excluded)."""
+    import dagster as dg
+
+    from pairfilter_dagster.core.filtering import FilterSettings
+    from pairfilter_dagster.core.tables import build_filtered_samples
+    from pairfilter_dagster.defs.assets import filtered_samples
+    from pairfilter_dagster.defs.resources import PairfilterStorage
+
+    data_dir = work / "rethreshold"
+    data_dir.mkdir()
+    rng = np.random.default_rng(0)
+    scores = rng.uniform(0.0, 1.0, rows)
+    stats = (
+        {
+            "sample_id": f"m.jsonl:{i + 1}", "manifest": "m.jsonl", "line_number": i + 1,
+            "images": [f"a{i}.jpg", f"b{i}.jpg"], "image_pair_similarity": [float(s)], "status": "ok",
+            "error": "", "image_hashes": ["", ""],
+            "sample_json": json.dumps({"text": f"sample {i}", "images": [f"a{i}.jpg", f"b{i}.jpg"]}),
+        }
+        for i, s in enumerate(scores)
+    )
+    with store.connect(data_dir / "pairfilter.duckdb") as conn:
+        store.replace_table_in_chunks(conn, "image_pair_stats", _chunks(stats, 10_000))
+        started = time.perf_counter()
+        build_filtered_samples(conn, FilterSettings(0.3, 0.9), data_dir / "output" / "core.jsonl")
+        core = time.perf_counter() - started
+    started = time.perf_counter()
+    result = dg.materialize(
+        [filtered_samples],
+        resources={"storage": PairfilterStorage(data_dir=str(data_dir))},
+        run_config={"ops": {"filtered_samples": {"config": {"min_score": 0.5, "max_score": 0.95}}}},
+    )
+    assert result.success
+    return core, time.perf_counter() - started
+
+
+def _chunks(items, size):
+    chunk = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk
+
+
+PEAK_RSS_SCRIPT = """
+import resource, sys
+import dagster as dg
+from pairfilter_dagster.defs import assets
+from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage
+result = dg.materialize([assets.raw_samples, assets.image_pair_stats, assets.filtered_samples],
+    resources={"clip": ClipModel(hf_clip=sys.argv[1], device="cpu"), "storage": PairfilterStorage(data_dir=sys.argv[2])})
+assert result.success
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+"""
+
+
+def peak_rss_mib(work: Path, clip_dir: Path, samples: int, name: str) -> float:
+    """Peak RSS of a whole pipeline run (raw -> stats -> filtered, in one process) over `samples` samples of
+    distinct small images."""
+    photos = distinct_photos(work / f"{name}-images", 2 * samples, max_side=96, seed=samples)
+    data_dir = write_dataset(work / name, list(zip(photos[::2], photos[1::2])))
+    out = subprocess.run(
+        [sys.executable, "-c", PEAK_RSS_SCRIPT, str(clip_dir), str(data_dir)],
+        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+    )
+    return int(out.stdout.strip().splitlines()[-1]) / 1024
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pairs", type=int, default=48, help="pairs in the every-image-distinct dataset")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--workers", type=int, default=2, help="decode/preprocess threads")
+    parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--rethreshold-rows", type=int, default=100_000)
+    parser.add_argument("--memory-samples", type=int, default=1000, help="1x size of the peak-memory runs")
+    parser.add_argument("--skip-memory", action="store_true")
+    args = parser.parse_args()
+
+    from transformers import CLIPImageProcessor, CLIPModel
+
+    results: list[tuple[str, str, str]] = []
+
+    def row(name: str, value: str, target: str = "") -> None:
+        results.append((name, value, target))
+        print(f"  {name}: {value}" + (f"   (target {target})" if target else ""), flush=True)
+
+    with tempfile.TemporaryDirectory(prefix="pairfilter-bench-") as tmp:
+        work = Path(tmp)
+        clip_dir = write_clip_checkpoint(work / "clip-vit-b-32", size="vit-b-32")
+        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, {args.dtype}, "
+              f"batch {args.batch_size}, {args.workers} decode workers", flush=True)
+
+        spec = ModelSpec(str(clip_dir), device=args.device, dtype=args.dtype)
+        started = time.perf_counter()
+        embedder = ClipEmbedder.load(spec)
+        load_seconds = time.perf_counter() - started
+        started = time.perf_counter()
+        embedder.model_key
+        row("model load / model key (s)", f"{load_seconds:.1f} / {time.perf_counter() - started:.1f}")
+        dj_model = CLIPModel.from_pretrained(clip_dir, dtype=getattr(torch, args.dtype)).to(args.device).eval()
+        dj_processor = CLIPImageProcessor.from_pretrained(clip_dir)
+
+        n = args.pairs
+        photos = distinct_photos(work / "photos", 2 * n)
+        distinct = list(zip(photos[::2], photos[1::2]))  # every image in one sample
+        shared = [(photos[i], photos[(i + 1) % n]) for i in range(n)]  # n images, each in two samples
+
+        # 1. every image distinct
+        dj = n / data_juicer_loop(dj_model, dj_processor, distinct, args.device)
+        seconds, first = our_scoring(embedder, write_dataset(work / "distinct", distinct), args.batch_size, args.workers)
+        ours = n / seconds
+        row("1. Data-Juicer loop, distinct images (pairs/s)", f"{dj:.2f}")
+        row("1. ours, distinct images (pairs/s)", f"{ours:.2f}")
+        row("1. ours / Data-Juicer", f"{ours / dj:.2f}x", ">= 2.0x")
+
+        # 2. the model-only limit
+        limit = model_limit(embedder, photos, args.batch_size) / 2
+        row("2. model-only limit (pairs/s)", f"{limit:.2f}")
+        row("2. ours / limit", f"{ours / limit:.2f}", ">= 0.9")
+
+        # 3. each image in two samples
+        dj_shared = n / data_juicer_loop(dj_model, dj_processor, shared, args.device)
+        seconds_shared, _ = our_scoring(embedder, write_dataset(work / "shared", shared), args.batch_size, args.workers)
+        row("3. Data-Juicer / ours, images in two samples (pairs/s)", f"{dj_shared:.2f} / {n / seconds_shared:.2f}")
+        row("3. ours / Data-Juicer", f"{n / seconds_shared / dj_shared:.2f}x", ">= 3.5x")
+
+        # 4. unchanged data again
+        seconds_again, again = our_scoring(embedder, work / "distinct", args.batch_size, args.workers)
+        row("4. second run: forward passes", str(again.forward_passes), "0")
+        row("4. second run time / first", f"{seconds_again:.2f} s / {seconds:.2f} s = {seconds_again / seconds:.1%}",
+            "<= 10%")
+
+        # 5. re-thresholding
+        core, whole = rethreshold_seconds(work, args.rethreshold_rows)
+        row(f"5. re-threshold {args.rethreshold_rows:,} rows: core / Dagster materialize (s)",
+            f"{core:.2f} / {whole:.2f}", "<= 3 s")
+
+        # 6. peak memory, tiny model
+        if not args.skip_memory:
+            tiny = write_clip_checkpoint(work / "tiny-clip")
+            one = peak_rss_mib(work, tiny, args.memory_samples, "memory-1x")
+            ten = peak_rss_mib(work, tiny, 10 * args.memory_samples, "memory-10x")
+            row(f"6. peak RSS {args.memory_samples:,} / {10 * args.memory_samples:,} samples (MiB)",
+                f"{one:.0f} / {ten:.0f} = {ten / one:.2f}x", "<= 1.3x")
+
+    print("\n| measure | value | target |\n|---|---|---|")
+    for name, value, target in results:
+        print(f"| {name} | {value} | {target} |")
+
+
+if __name__ == "__main__":
+    main()

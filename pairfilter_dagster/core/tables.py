@@ -1,0 +1,85 @@
+"""Building the pipeline's tables in the DuckDB store, chunk by chunk: the work behind each asset, Dagster-free.
+
+Each function holds one chunk of rows in memory at a time and replaces its table in one transaction."""
+
+from collections import Counter
+from pathlib import Path
+from typing import Iterable, Iterator
+
+import duckdb
+
+from . import store
+from .cache import EmbeddingCache
+from .embedding import ClipEmbedder
+from .filtering import FilterSettings, keep_flags
+from .outputs import atomic_writer, dj_record
+from .samples import Sample
+from .scoring import DEFAULT_CHUNK_SIZE, DEFAULT_WORKERS, PairScorer, ProgressCallback, ScoringReport, chunked
+from .status import Status
+
+
+def build_raw_samples(
+    conn: duckdb.DuckDBPyConnection, samples: Iterable[Sample], chunk_size: int = DEFAULT_CHUNK_SIZE
+) -> Counter:
+    """Replace `raw_samples` with the samples; returns the count per status."""
+    counts: Counter = Counter()
+
+    def rows_in_chunks() -> Iterator[list[dict]]:
+        for chunk in chunked(samples, chunk_size):
+            counts.update(s.status.value for s in chunk)
+            yield [s.as_row() for s in chunk]
+
+    store.replace_table_in_chunks(conn, "raw_samples", rows_in_chunks())
+    return counts
+
+
+def image_refs_to_score(conn: duckdb.DuckDBPyConnection) -> int:
+    """How many image references the ok samples of `raw_samples` hold (the progress total)."""
+    return conn.execute("SELECT coalesce(sum(len(images)), 0) FROM raw_samples WHERE status = 'ok'").fetchone()[0]
+
+
+def build_image_pair_stats(
+    conn: duckdb.DuckDBPyConnection,
+    embedder: ClipEmbedder,
+    *,
+    batch_size: int,
+    workers: int = DEFAULT_WORKERS,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    on_progress: ProgressCallback | None = None,
+) -> ScoringReport:
+    """Score every sample of `raw_samples` into `image_pair_stats`, through the persistent embedding cache."""
+    cache = EmbeddingCache(conn.cursor(), embedder.model_key)
+    with PairScorer(embedder, cache, batch_size=batch_size, workers=workers, on_progress=on_progress) as scorer:
+        sample_chunks = (
+            [Sample.from_row(row) for row in rows]
+            for rows in store.iter_chunks(conn.cursor(), "raw_samples", chunk_size=chunk_size)
+        )
+        store.replace_table_in_chunks(conn, "image_pair_stats", scorer.score_all(sample_chunks))
+    return scorer.report
+
+
+def build_filtered_samples(
+    conn: duckdb.DuckDBPyConnection,
+    settings: FilterSettings,
+    jsonl_path: Path,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+) -> Counter:
+    """Keep the samples of `image_pair_stats` that pass `settings`: the `filtered_samples` table and the JSONL
+    file, both replaced whole. Returns counts of total, scored and kept samples."""
+    counts: Counter = Counter()
+
+    def kept_in_chunks(reader: duckdb.DuckDBPyConnection, jsonl) -> Iterator[list[dict]]:
+        for rows in store.iter_chunks(reader, "image_pair_stats", chunk_size=chunk_size):
+            flags = keep_flags(((row["status"], row["image_pair_similarity"]) for row in rows), settings)
+            kept = [
+                {**row, "sample_json": dj_record(row["sample_json"], row["image_pair_similarity"])}
+                for row, keep in zip(rows, flags)
+                if keep
+            ]
+            counts.update(total=len(rows), scored=sum(r["status"] == Status.OK.value for r in rows), kept=len(kept))
+            jsonl.writelines(row["sample_json"] + "\n" for row in kept)
+            yield kept
+
+    with atomic_writer(jsonl_path) as jsonl:
+        store.replace_table_in_chunks(conn, "filtered_samples", kept_in_chunks(conn.cursor(), jsonl))
+    return counts
