@@ -1,8 +1,8 @@
 """Pair scores, streamed in bounded chunks of samples.
 
 For each chunk: hash the image files, take the embeddings already in the cache, decode and preprocess the rest in
-worker threads while the model embeds the previous batch, store the new embeddings in the cache, then score each
-sample's pairs by cosine similarity. Memory is bounded by the chunk size, never by the dataset: cross-chunk
+worker threads while the model embeds the previous batch, store each batch of new embeddings in the cache, then
+score each sample's pairs by cosine similarity. Memory is bounded by the chunk size, never by the dataset: cross-chunk
 duplicates are found through the cache."""
 
 import itertools
@@ -149,7 +149,6 @@ class PairScorer:
         todo = [(h, path) for h, path in first_path.items() if h not in embeddings]
         chunk_refs = sum(len(s.images) for s in samples if s.status is Status.OK)
         new, errors = self._embed(todo, chunk_refs)
-        self.cache.put_many(new)
         embeddings.update(new)
 
         rows = [stats_row(sample, files, embeddings, errors) for sample in samples]
@@ -179,7 +178,9 @@ class PairScorer:
         def flush() -> None:
             if pixels:
                 passes_before = self.embedder.forward_passes
-                embeddings.update(zip(hashes, self.embedder.embed_pixels(np.stack(pixels))))
+                batch = dict(zip(hashes, self.embedder.embed_pixels(np.stack(pixels))))
+                self.cache.put_many(batch)  # committed per batch: a killed run keeps what it embedded
+                embeddings.update(batch)
                 self.report.forward_passes += self.embedder.forward_passes - passes_before
                 self.report.images_embedded += len(pixels)
                 hashes.clear()
