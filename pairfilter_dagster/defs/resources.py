@@ -39,6 +39,11 @@ class ClipModel(dg.ConfigurableResource):
         default="float32", description="Half precision (cuda only) is faster and approximate."
     )
     batch_size: int = Field(default=32, ge=1, description="Images per forward pass.")
+    compile: bool = Field(
+        default=False,
+        description="torch.compile the image tower: about 15% faster on CPU after a ~30 s compile per run; "
+        "worth it for large runs.",
+    )
     decode_workers: int = Field(
         default=2, ge=1, description="Threads that decode and preprocess images while the model runs."
     )
@@ -46,7 +51,7 @@ class ClipModel(dg.ConfigurableResource):
     _embedder: Optional[ClipEmbedder] = PrivateAttr(default=None)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        spec = ModelSpec(self.hf_clip, self.revision, self.trust_remote_code, self.device, self.dtype)
+        spec = ModelSpec(self.hf_clip, self.revision, self.trust_remote_code, self.device, self.dtype, self.compile)
         self._embedder = ClipEmbedder.load(spec)
         if context.log:
             context.log.info(f"Loaded CLIP model {self.hf_clip!r} on {self._embedder.device} ({self.dtype})")
