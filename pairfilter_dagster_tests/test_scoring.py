@@ -1,9 +1,8 @@
 import pytest
 
-from pairfilter_dagster.core.samples import read_samples
 from pairfilter_dagster.core.scoring import cosine, embed_distinct_images, score_samples
 
-from .conftest import PHOTOS, write_manifest
+from .conftest import PHOTOS, read_samples_with_photos, write_manifest
 
 
 def test_each_distinct_image_is_embedded_once_and_rows_keep_input_order(embedder, tmp_path):
@@ -12,7 +11,7 @@ def test_each_distinct_image_is_embedded_once_and_rows_keep_input_order(embedder
         {"images": [cat, img2]}, {"images": [img2, img3]}, {"images": [img3, cat]}, {"images": [cat, img2]},
     ])
     passes_before = embedder.forward_passes
-    report = score_samples(read_samples(tmp_path / "raw"), embedder, batch_size=2)
+    report = score_samples(read_samples_with_photos(tmp_path / "raw"), embedder, batch_size=2)
     assert [row.sample_id for row in report.rows] == [f"m.jsonl:{i}" for i in range(1, 5)]
     assert report.unique_images == 3 and report.images_embedded == 3
     assert report.forward_passes == embedder.forward_passes - passes_before == 2  # batches of 2 over 3 images
@@ -31,7 +30,7 @@ def test_missing_and_unreadable_images_are_reported_per_sample(embedder, tmp_pat
         {"images": [cat, str(PHOTOS / "img2.jpg")]},
         {"images": [cat]},
     ])
-    report = score_samples(read_samples(tmp_path / "raw"), embedder, batch_size=4)
+    report = score_samples(read_samples_with_photos(tmp_path / "raw"), embedder, batch_size=4)
     assert [row.status for row in report.rows] == [
         "missing_image", "unreadable_image", "unreadable_image", "ok", "not_a_pair",
     ]

@@ -3,8 +3,10 @@
 import json
 import os
 import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import Iterable, Iterator, Sequence
 
 DJ_STATS_FIELD = "__dj__stats__"
 SIMILARITY_STAT = "image_pair_similarity"
@@ -18,14 +20,28 @@ def dj_record(sample_json: str, scores: Sequence[float]) -> str:
     return json.dumps(record, ensure_ascii=False)
 
 
-def write_lines_atomically(path: Path, lines: Iterable[str]) -> int:
-    """Write lines to a temp file beside `path`, fsync, then rename over it: readers never see half a file,
-    and a failure leaves the previous file intact. Returns the number of lines written."""
+@dataclass
+class StagedFile:
+    """Lines written and fsynced to a temp file beside `path`, not yet visible under `path`."""
+
+    path: Path
+    temp_path: Path
+    lines_written: int
+
+    def publish(self) -> None:
+        """Rename the temp file over `path`: readers see the old file or the new one, never half of either."""
+        os.replace(self.temp_path, self.path)
+
+
+@contextmanager
+def staged_lines(path: Path, lines: Iterable[str]) -> Iterator[StagedFile]:
+    """Stage `lines` for `path`; publish inside the block. If the block fails or does not publish, the temp file
+    is removed and `path` keeps its previous content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    count = 0
     try:
+        count = 0
         with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
             for line in lines:
                 handle.write(line)
@@ -33,8 +49,14 @@ def write_lines_atomically(path: Path, lines: Iterable[str]) -> int:
                 count += 1
             handle.flush()
             os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
+        yield StagedFile(path, Path(tmp_name), count)
+    finally:
         Path(tmp_name).unlink(missing_ok=True)
-        raise
-    return count
+
+
+def write_lines_atomically(path: Path, lines: Iterable[str]) -> int:
+    """Write lines to a temp file beside `path`, fsync, then rename over it: readers never see half a file,
+    and a failure leaves the previous file intact. Returns the number of lines written."""
+    with staged_lines(path, lines) as staged:
+        staged.publish()
+    return staged.lines_written

@@ -7,7 +7,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from .embedding import ClipEmbedder
-from .images import ImageDecodeError, ImageFile, decode_rgb, inspect_image_file
+from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, ImageFile, decode_rgb, inspect_image_file
 from .samples import Sample
 from .status import Status
 
@@ -27,6 +27,8 @@ class StatsRow:
     status: str
     error: str
     sample_json: str
+    image_pairs: list[list[int]] = field(default_factory=list)
+    """The index pairs scored, aligned with image_pair_similarity (empty when not ok)."""
 
 
 @dataclass
@@ -43,23 +45,21 @@ class ScoringReport:
         return self.images_embedded / self.seconds if self.seconds > 0 else 0.0
 
 
-def image_pairs(image_count: int) -> list[tuple[int, int]]:
-    """The pairs a sample is scored on: Data-Juicer's rule is exactly two images, one pair."""
-    return [(0, 1)] if image_count == 2 else []
-
-
 def score_samples(
     samples: Iterable[Sample],
     embedder: ClipEmbedder,
     *,
     batch_size: int,
     on_progress: ProgressCallback | None = None,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> ScoringReport:
     samples = list(samples)
     started = time.perf_counter()
     passes_before, embedded_before = embedder.forward_passes, embedder.images_embedded
 
-    files = {path: inspect_image_file(path) for s in samples if s.status is Status.OK for path in s.images}
+    files = {
+        path: inspect_image_file(path, max_image_pixels) for s in samples if s.status is Status.OK for path in s.images
+    }
     embeddings, decode_errors = embed_distinct_images(files.values(), embedder, batch_size, on_progress)
     rows = [stats_row(sample, files, embeddings, decode_errors) for sample in samples]
 
@@ -118,7 +118,7 @@ def stats_row(
     if status is Status.OK:
         status, error, vectors = vectors_for(sample.images, files, embeddings, decode_errors)
         if status is Status.OK:
-            scores = [cosine(vectors[i], vectors[j]) for i, j in image_pairs(len(vectors))]
+            scores = [cosine(vectors[i], vectors[j]) for i, j in sample.image_pairs]
     return StatsRow(
         sample_id=sample.sample_id,
         manifest=sample.manifest,
@@ -128,6 +128,7 @@ def stats_row(
         status=str(status),
         error=error,
         sample_json=sample.sample_json,
+        image_pairs=[list(pair) for pair in sample.image_pairs] if scores else [],
     )
 
 

@@ -6,12 +6,12 @@ import dagster as dg
 
 from ..core import store
 from ..core.filtering import keep_flags
-from ..core.outputs import dj_record, write_lines_atomically
-from ..core.samples import Sample, find_manifests, read_samples
+from ..core.outputs import dj_record, staged_lines
+from ..core.samples import Sample, count_lines, find_manifests, read_samples
 from ..core.scoring import score_samples
 from ..core.status import STATUS_DESCRIPTIONS, Status
 from ..core.summary import histogram_markdown, markdown_table, score_statistics
-from .config import FilterConfig, check_filter_run_config
+from .config import FilterConfig, check_clip_run_config, check_filter_run_config
 from .resources import ClipModel, PairfilterStorage
 
 GROUP = "pairfilter"
@@ -37,8 +37,12 @@ def status_count_metadata(statuses: list[str]) -> dict[str, int]:
 )
 def raw_samples(context: dg.AssetExecutionContext, storage: PairfilterStorage) -> dg.MaterializeResult:
     check_filter_run_config(context.run.run_config)
+    check_clip_run_config(context.run.run_config)
+    rules = storage.sample_rules()  # refuses image_roots that are not folders, before any work
+    if not storage.raw_dir.is_dir():
+        context.log.warning(f"No manifest folder {storage.raw_dir}: the outputs will be empty")
     manifests = find_manifests(storage.raw_dir)
-    samples = list(read_samples(storage.raw_dir))
+    samples = list(read_samples(storage.raw_dir, rules))
     with storage.connect() as conn:
         store.replace_table(conn, "raw_samples", [sample.as_row() for sample in samples])
     context.log.info(f"Read {len(samples)} samples from {len(manifests)} manifests under {storage.raw_dir}")
@@ -48,6 +52,9 @@ def raw_samples(context: dg.AssetExecutionContext, storage: PairfilterStorage) -
             "dagster/row_count": len(samples),
             "dagster/column_schema": column_schema("raw_samples"),
             "manifests_read": len(manifests),
+            "manifest_lines": sum(count_lines(path) for path in manifests),
+            "pairing": rules.pairing,
+            "image_roots": dg.MetadataValue.json(list(rules.image_roots)),
             "manifests": dg.MetadataValue.md(
                 "\n".join(f"- `{p.relative_to(storage.raw_dir).as_posix()}`" for p in manifests) or "_none_"
             ),
@@ -80,7 +87,8 @@ def image_pair_stats(
             eta = (total - done) / rate if rate > 0 else float("nan")
             context.log.info(f"Embedded {done}/{total} images, {rate:.1f} images/s, ETA {eta:.0f} s")
 
-    report = score_samples(samples, clip.embedder, batch_size=clip.batch_size, on_progress=log_progress)
+    report = score_samples(samples, clip.embedder, batch_size=clip.batch_size, on_progress=log_progress,
+                           max_image_pixels=storage.max_image_pixels)
     with storage.connect() as conn:
         store.replace_table(conn, "image_pair_stats", report.rows)
 
@@ -127,9 +135,10 @@ def filtered_samples(
         for row, keep in zip(rows, flags)
         if keep
     ]
-    write_lines_atomically(storage.filtered_jsonl, (row["sample_json"] for row in kept))
-    with storage.connect() as conn:
-        store.replace_table(conn, "filtered_samples", kept)
+    # The file is published inside the table's transaction: a failure anywhere leaves both as they were.
+    with staged_lines(storage.filtered_jsonl, (row["sample_json"] for row in kept)) as staged:
+        with storage.connect() as conn:
+            store.replace_table(conn, "filtered_samples", kept, before_commit=staged.publish)
 
     scored = sum(row["status"] == Status.OK.value for row in rows)
     context.log.info(f"Kept {len(kept)} of {len(rows)} samples ({scored} scored) with {settings}")
