@@ -36,3 +36,12 @@ def write_clip_checkpoint(
     CLIPModel(config).save_pretrained(folder)
     processor.save_pretrained(folder)
     return Path(folder)
+
+
+def write_vit_checkpoint(folder: Path) -> Path:
+    """A tiny real image model that is not CLIP (a plain ViT), saved with save_pretrained."""
+    from transformers import ViTConfig, ViTModel
+
+    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37,
+                       image_size=32, patch_size=8)).save_pretrained(folder)
+    return folder

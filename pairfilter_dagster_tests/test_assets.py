@@ -20,11 +20,11 @@ EDGE_CASES = {
 }
 
 
-def run(selection, data_dir, clip_dir, filter_config=None, **kwargs):
+def run(selection, data_dir, clip_dir, filter_config=None, *, storage_options=None, **kwargs):
     return dg.materialize(
         [*selection, *CHECKS] if kwargs.pop("with_checks", True) else selection,
         resources={"clip": ClipModel(hf_clip=str(clip_dir), batch_size=4),
-                   "storage": PairfilterStorage(data_dir=str(data_dir))},
+                   "storage": PairfilterStorage(data_dir=str(data_dir), **(storage_options or {}))},
         run_config={"ops": {"filtered_samples": {"config": filter_config}}} if filter_config else None,
         **kwargs,
     )
@@ -37,6 +37,12 @@ def query(data_dir, sql):
 
 def read_jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def step_failure(result):
+    """The run's one failed step, as (step key, error message)."""
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    return failure.step_key, str(failure.event_specific_data.error)
 
 
 def metadata(result, asset_name):
@@ -85,6 +91,7 @@ def test_whole_pipeline_on_the_bundled_data(scored):
     checks_run = {e.check_name: e.passed for e in result.get_asset_check_evaluations()}
     assert checks_run == {
         "scores_finite_and_in_range": True, "one_row_per_sample": True, "kept_samples_satisfy_config": True,
+        "every_sample_accounted_for": True,
     }
 
     raw_meta, stats_meta, filtered_meta = (metadata(result, a) for a in
@@ -130,9 +137,9 @@ def test_rethresholding_reads_the_stats_table_and_never_loads_the_model(scored, 
 def test_bad_thresholds_fail_the_run_before_any_work(bundled_data_dir, tiny_clip_dir, config, field):
     result = run(ASSETS, bundled_data_dir, tiny_clip_dir, config, raise_on_error=False)
     assert not result.success
-    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
-    assert failure.step_key == "raw_samples"  # the first step refuses, before ingestion and scoring
-    assert field in str(failure.event_specific_data.error)
+    step, error = step_failure(result)
+    assert step == "raw_samples"  # the first step refuses, before ingestion and scoring
+    assert field in error
     assert not (bundled_data_dir / "pairfilter.duckdb").exists()
 
 

@@ -33,7 +33,8 @@ def test_assets_lineage_checks_and_resources_are_wired():
     assert graph.get(dg.AssetKey("image_pair_stats")).parent_keys == {dg.AssetKey("raw_samples")}
     assert graph.get(dg.AssetKey("filtered_samples")).parent_keys == {dg.AssetKey("image_pair_stats")}
     checks = {key.name for key in graph.asset_check_keys}
-    assert checks == {"scores_finite_and_in_range", "one_row_per_sample", "kept_samples_satisfy_config"}
+    assert checks == {"scores_finite_and_in_range", "one_row_per_sample", "kept_samples_satisfy_config",
+                      "every_sample_accounted_for"}
     job = defs.resolve_job_def("pairfilter_job")
     assert {key.to_user_string() for key in job.asset_layer.selected_asset_keys} == keys
     assert set(defs.resources) == {"clip", "storage"}

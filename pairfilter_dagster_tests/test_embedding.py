@@ -4,11 +4,10 @@ from PIL import Image
 from transformers import CLIPImageProcessor, CLIPModel
 
 from pairfilter_dagster.core.embedding import ClipEmbedder, ModelLoadError, ModelSpec
-from pairfilter_dagster.core.samples import read_samples
 from pairfilter_dagster.core.scoring import score_samples
 
-from .checkpoints import write_clip_checkpoint
-from .conftest import PHOTOS, write_manifest
+from .checkpoints import write_clip_checkpoint, write_vit_checkpoint
+from .conftest import PHOTOS, read_samples_with_photos, write_manifest
 
 PAIRS = [("cat.jpg", "img2.jpg"), ("img1.png", "img3.jpg"), ("cat.jpg", "cat_crop.jpg"), ("img2.jpg", "img2_small.png")]
 
@@ -26,7 +25,7 @@ def data_juicer_similarity(model, processor, path1, path2) -> float:
 
 def scores_for(pairs, folder, tmp_path, embedder, batch_size=3):
     write_manifest(tmp_path / "raw" / "m.jsonl", [{"images": [str(folder / a), str(folder / b)]} for a, b in pairs])
-    rows, _ = score_samples(read_samples(tmp_path / "raw"), embedder, batch_size=batch_size)
+    rows, _ = score_samples(read_samples_with_photos(tmp_path / "raw"), embedder, batch_size=batch_size)
     assert [row.status for row in rows] == ["ok"] * len(pairs)
     return [row.image_pair_similarity for row in rows]
 
@@ -45,7 +44,7 @@ def test_identical_content_in_two_files_scores_one_and_is_embedded_once(embedder
     copy.write_bytes((PHOTOS / "cat.jpg").read_bytes())
     write_manifest(tmp_path / "raw" / "m.jsonl", [{"images": [str(PHOTOS / "cat.jpg"), str(copy)]}])
     before = embedder.images_embedded
-    rows, report = score_samples(read_samples(tmp_path / "raw"), embedder, batch_size=8)
+    rows, report = score_samples(read_samples_with_photos(tmp_path / "raw"), embedder, batch_size=8)
     assert rows[0].image_pair_similarity[0] == pytest.approx(1.0, abs=1e-6)
     assert embedder.images_embedded - before == 1 == report.images_embedded
 
@@ -86,13 +85,8 @@ def test_a_hub_id_that_cannot_be_downloaded_names_the_ways_out(monkeypatch):
 
 
 def test_a_model_that_is_not_clip_is_refused(tmp_path):
-    from transformers import ViTConfig, ViTModel
-
-    folder = tmp_path / "vit"
-    ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37,
-                       image_size=32, patch_size=8)).save_pretrained(folder)
     with pytest.raises(ModelLoadError, match="not a CLIP model"):
-        ClipEmbedder.load(ModelSpec(str(folder)))
+        ClipEmbedder.load(ModelSpec(str(write_vit_checkpoint(tmp_path / "vit"))))
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")

@@ -3,6 +3,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pairfilter_dagster.core.filtering import FilterSettings, keep_flags, keep_sample
+from pairfilter_dagster.core.pairing import PAIRINGS, image_pairs
 
 
 def test_bounds_are_inclusive():
@@ -56,3 +57,30 @@ def test_keep_decision_matches_its_definition(low, high, scores, mode):
     expected = any(passes) if mode == "any" else all(passes)
     assert keep_sample("ok", scores, FilterSettings(low, high, mode)) is expected
     assert not keep_sample("unreadable_image", scores, FilterSettings(low, high, mode))
+
+
+@st.composite
+def n_pair_samples(draw):
+    """Scores of a sample with N images under a pairing mode, and bounds that often sit exactly on a score."""
+    pairing = draw(st.sampled_from(PAIRINGS))
+    image_count = 2 if pairing == "exactly_two" else draw(st.integers(min_value=2, max_value=7))
+    pairs = image_pairs(image_count, pairing)
+    scores = draw(st.lists(score, min_size=len(pairs), max_size=len(pairs)))
+    candidates = st.one_of(unit, st.sampled_from([s for s in scores if 0.0 <= s <= 1.0] or [0.0]))
+    low, high = sorted((draw(candidates), draw(candidates)))
+    return scores, low, high
+
+
+@given(sample=n_pair_samples(), mode=st.sampled_from(["any", "all"]))
+def test_keep_decision_over_n_pairs_with_inclusive_bounds(sample, mode):
+    scores, low, high = sample
+    settings = FilterSettings(low, high, mode)
+    kept = keep_sample("ok", scores, settings)
+    if mode == "any":
+        assert kept is any(low <= s <= high for s in scores)
+    else:
+        assert kept is all(low <= s <= high for s in scores)
+    assert all(keep_sample("ok", [s], settings) for s in scores if s in (low, high))  # bounds are inclusive
+    keep_all, keep_any = (keep_sample("ok", scores, FilterSettings(low, high, m)) for m in ("all", "any"))
+    assert keep_all <= keep_any
+    assert keep_sample("ok", sorted(scores, reverse=True), settings) is kept  # pair order does not matter

@@ -4,16 +4,15 @@ import pytest
 from pairfilter_dagster.core import store
 from pairfilter_dagster.core.cache import EmbeddingCache
 from pairfilter_dagster.core.embedding import ClipEmbedder, ModelSpec
-from pairfilter_dagster.core.samples import read_samples
 from pairfilter_dagster.core.scoring import PairScorer, chunked, cosine, progress_logger, score_samples
 
 from .checkpoints import write_clip_checkpoint
-from .conftest import PHOTOS, write_manifest
+from .conftest import PHOTOS, read_samples_with_photos, write_manifest
 
 
 def manifest_of(tmp_path, pairs):
     write_manifest(tmp_path / "raw" / "m.jsonl", [{"images": [str(a), str(b)]} for a, b in pairs])
-    return list(read_samples(tmp_path / "raw"))
+    return read_samples_with_photos(tmp_path / "raw")
 
 
 def test_each_distinct_image_is_embedded_once_and_rows_keep_input_order(embedder, tmp_path):
@@ -68,7 +67,7 @@ def test_missing_and_unreadable_images_are_reported_per_sample(embedder, tmp_pat
         {"images": [cat, str(PHOTOS / "img2.jpg")]},
         {"images": [cat]},
     ])
-    rows, report = score_samples(read_samples(tmp_path / "raw"), embedder, batch_size=4)
+    rows, report = score_samples(read_samples_with_photos(tmp_path / "raw"), embedder, batch_size=4)
     assert [row.status for row in rows] == [
         "missing_image", "unreadable_image", "unreadable_image", "ok", "not_a_pair",
     ]
@@ -76,7 +75,7 @@ def test_missing_and_unreadable_images_are_reported_per_sample(embedder, tmp_pat
     assert "truncated.jpg" in rows[2].error
     assert all(row.image_pair_similarity == [] for row in rows if row.status != "ok")
     assert report.status_counts == {"missing_image": 1, "unreadable_image": 2, "ok": 1, "not_a_pair": 1}
-    assert report.decode_failures == 2
+    assert report.decode_failures == 1  # the HTML file is refused from its header, before decoding
 
 
 def test_progress_reports_images_done_rate_and_eta(embedder, tmp_path):

@@ -5,7 +5,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence, TextIO
+from typing import Iterable, Iterator, Sequence
 
 DJ_STATS_FIELD = "__dj__stats__"
 SIMILARITY_STAT = "image_pair_similarity"
@@ -19,30 +19,58 @@ def dj_record(sample_json: str, scores: Sequence[float]) -> str:
     return json.dumps(record, ensure_ascii=False)
 
 
+class StagedFile:
+    """Lines written to a temp file beside `path`, invisible under `path` until `publish()`."""
+
+    def __init__(self, path: Path, temp_path: Path) -> None:
+        self.path = path
+        self.temp_path = temp_path
+        self.lines_written = 0
+        self._handle = open(temp_path, "w", encoding="utf-8", newline="\n")
+
+    def write_line(self, line: str) -> None:
+        self._handle.write(line + "\n")
+        self.lines_written += 1
+
+    def publish(self) -> None:
+        """fsync, then rename the temp file over `path`: readers see the old file or the new one, never half."""
+        self._handle.flush()
+        os.fsync(self._handle.fileno())
+        self._handle.close()
+        os.replace(self.temp_path, self.path)
+
+    def discard(self) -> None:
+        self._handle.close()
+        self.temp_path.unlink(missing_ok=True)
+
+
 @contextmanager
-def atomic_writer(path: Path) -> Iterator[TextIO]:
-    """A text file that appears at `path` whole, or not at all: written to a temp file beside it, fsynced, then
-    renamed over it when the block ends without error. Readers never see half a file; a failure leaves the
-    previous file intact."""
+def staged_file(path: Path) -> Iterator[StagedFile]:
+    """A `StagedFile` for `path`; publish inside the block. If the block fails or does not publish, the temp file
+    is removed and `path` keeps its previous content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(fd)
+    staged = StagedFile(path, Path(tmp_name))
     try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            yield handle
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+        yield staged
+    finally:
+        staged.discard()
+
+
+@contextmanager
+def staged_lines(path: Path, lines: Iterable[str]) -> Iterator[StagedFile]:
+    """`staged_file` with `lines` already written."""
+    with staged_file(path) as staged:
+        for line in lines:
+            staged.write_line(line)
+        yield staged
 
 
 def write_lines_atomically(path: Path, lines: Iterable[str]) -> int:
-    """Write lines (each followed by a newline) with `atomic_writer`; returns the number of lines written."""
-    count = 0
-    with atomic_writer(path) as handle:
-        for line in lines:
-            handle.write(line + "\n")
-            count += 1
-    return count
+    """Write lines to a temp file beside `path`, fsync, then rename over it: readers never see half a file,
+    and a failure leaves the previous file intact. Returns the number of lines written."""
+    with staged_lines(path, lines) as staged:
+        staged.publish()
+    return staged.lines_written

@@ -15,7 +15,7 @@ from typing import Callable, Iterable, Iterator, Protocol, Sequence
 import numpy as np
 
 from .embedding import ClipEmbedder
-from .images import ImageDecodeError, ImageFile, decode_rgb, inspect_image_file
+from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageDecodeError, ImageFile, decode_rgb, inspect_image_file
 from .samples import Sample
 from .status import Status
 
@@ -54,6 +54,8 @@ class StatsRow:
     status: str
     error: str
     sample_json: str
+    image_pairs: list[list[int]] = field(default_factory=list)
+    """The index pairs scored, aligned with image_pair_similarity (empty when not ok)."""
 
 
 @dataclass
@@ -101,11 +103,6 @@ def progress_logger(log: Callable[[str], None], refs_total: int, every_seconds: 
     return report_progress
 
 
-def image_pairs(image_count: int) -> list[tuple[int, int]]:
-    """The pairs a sample is scored on: Data-Juicer's rule is exactly two images, one pair."""
-    return [(0, 1)] if image_count == 2 else []
-
-
 class PairScorer:
     """Scores chunks of samples with one embedder, one cache and one pool of decode workers."""
 
@@ -116,6 +113,7 @@ class PairScorer:
         *,
         batch_size: int,
         workers: int = DEFAULT_WORKERS,
+        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         on_progress: ProgressCallback | None = None,
     ) -> None:
         if batch_size < 1:
@@ -125,6 +123,7 @@ class PairScorer:
         self.embedder = embedder
         self.cache = cache if cache is not None else MemoryCache()
         self.batch_size = batch_size
+        self.max_image_pixels = max_image_pixels
         self.on_progress = on_progress
         self.report = ScoringReport()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pairfilter-decode")
@@ -139,7 +138,7 @@ class PairScorer:
 
     def score_chunk(self, samples: Sequence[Sample]) -> list[StatsRow]:
         paths = list(dict.fromkeys(p for s in samples if s.status is Status.OK for p in s.images))
-        files = dict(zip(paths, self._pool.map(inspect_image_file, paths)))
+        files = dict(zip(paths, self._pool.map(self._inspect, paths)))
         first_path = {}
         for image_file in files.values():
             if image_file.content_hash:
@@ -213,6 +212,9 @@ class PairScorer:
                 pending.append((following[0], self._pool.submit(self._prepare, following[1])))
             yield content_hash, future.result()
 
+    def _inspect(self, path: str) -> ImageFile:
+        return inspect_image_file(path, self.max_image_pixels)
+
     def _prepare(self, path: str) -> np.ndarray | str:
         try:
             return self.embedder.preprocess(decode_rgb(path))
@@ -235,9 +237,12 @@ def score_samples(
     cache: Cache | None = None,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     workers: int = DEFAULT_WORKERS,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
 ) -> tuple[list[StatsRow], ScoringReport]:
     """Score samples held in memory (small datasets, tests); pipelines stream with `PairScorer.score_all`."""
-    with PairScorer(embedder, cache, batch_size=batch_size, workers=workers) as scorer:
+    with PairScorer(
+        embedder, cache, batch_size=batch_size, workers=workers, max_image_pixels=max_image_pixels
+    ) as scorer:
         rows = [row for chunk in scorer.score_all(chunked(samples, chunk_size)) for row in chunk]
     return rows, scorer.report
 
@@ -258,7 +263,7 @@ def stats_row(
     if status is Status.OK:
         status, error, vectors = vectors_for(sample.images, files, embeddings, decode_errors)
         if status is Status.OK:
-            scores = [cosine(vectors[i], vectors[j]) for i, j in image_pairs(len(vectors))]
+            scores = [cosine(vectors[i], vectors[j]) for i, j in sample.image_pairs]
     hashes = [files[path].content_hash or "" for path in sample.images] if sample.status is Status.OK else []
     return StatsRow(
         sample_id=sample.sample_id,
@@ -270,6 +275,7 @@ def stats_row(
         status=str(status),
         error=error,
         sample_json=sample.sample_json,
+        image_pairs=[list(pair) for pair in sample.image_pairs] if scores else [],
     )
 
 

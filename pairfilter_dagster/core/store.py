@@ -9,7 +9,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import asdict, is_dataclass
 from pathlib import Path
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import duckdb
 import pandas as pd
@@ -30,12 +30,16 @@ STATUS_COLUMNS: list[Column] = [
 SIMILARITY_COLUMN: Column = (
     "image_pair_similarity", "DOUBLE[]", "cosine similarity of the CLIP embeddings, one per image pair",
 )
+PAIRS_COLUMN: Column = (
+    "image_pairs", "INTEGER[][]", "0-based index pairs of the images, in score order (from the pairing rule)",
+)
 
 TABLES: dict[str, list[Column]] = {
     "raw_samples": [
         *SAMPLE_COLUMNS,
         *STATUS_COLUMNS,
         ("sample_json", "VARCHAR", "the manifest line as written"),
+        PAIRS_COLUMN,
     ],
     "image_pair_stats": [
         *SAMPLE_COLUMNS,
@@ -43,6 +47,7 @@ TABLES: dict[str, list[Column]] = {
         *STATUS_COLUMNS,
         ("image_hashes", "VARCHAR[]", "sha256 of each image file's content (the embedding cache key)"),
         ("sample_json", "VARCHAR", "the manifest line as written"),
+        PAIRS_COLUMN,
     ],
     "filtered_samples": [
         *SAMPLE_COLUMNS[:3],
@@ -55,21 +60,41 @@ INPUT_ORDER = "manifest, line_number"
 LOCK_WAIT_SECONDS = 120.0
 
 
+class StoreLockedError(RuntimeError):
+    """Another process held the DuckDB file's lock for longer than we were willing to wait."""
+
+
 @contextmanager
-def connect(database: Path, *, read_only: bool = False, wait_seconds: float = LOCK_WAIT_SECONDS) -> Iterator[duckdb.DuckDBPyConnection]:
-    """A connection to the database file, waiting (with backoff) while another process holds the write lock."""
+def connect(
+    database: Path,
+    *,
+    read_only: bool = False,
+    wait_seconds: float = LOCK_WAIT_SECONDS,
+    on_wait: Callable[[str], None] | None = None,
+) -> Iterator[duckdb.DuckDBPyConnection]:
+    """A connection to the database file, waiting (with backoff) while another process holds its lock: DuckDB
+    lets one process write, or several read, at a time. `on_wait` hears once that we are waiting."""
     database = Path(database)
     if not read_only:
         database.parent.mkdir(parents=True, exist_ok=True)
     deadline = time.monotonic() + wait_seconds
-    delay = 0.05
+    delay, told = 0.05, False
     while True:
         try:
             conn = duckdb.connect(str(database), read_only=read_only)
             break
         except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower() or time.monotonic() >= deadline:
+            if "lock" not in str(exc).lower():
                 raise
+            if time.monotonic() >= deadline:
+                raise StoreLockedError(
+                    f"{database} stayed locked by another process for {wait_seconds:g} s (lock_wait_seconds); "
+                    f"is another pairfilter run still going? DuckDB says: {exc}"
+                ) from exc
+            if on_wait and not told:
+                told = True
+                on_wait(f"Waiting for another process to release the DuckDB lock on {database} "
+                        f"(up to {wait_seconds:g} s)")
             time.sleep(delay)
             delay = min(delay * 2, 2.0)
     try:
@@ -78,14 +103,28 @@ def connect(database: Path, *, read_only: bool = False, wait_seconds: float = LO
         conn.close()
 
 
-def replace_table(conn: duckdb.DuckDBPyConnection, table: str, rows: Iterable[Any]) -> int:
+def replace_table(
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    rows: Iterable[Any],
+    *,
+    before_commit: Callable[[], None] | None = None,
+) -> int:
     """Replace `table` with `rows` (dataclasses or dicts holding at least the table's columns), atomically."""
-    return replace_table_in_chunks(conn, table, [list(rows)])
+    return replace_table_in_chunks(conn, table, [list(rows)], before_commit=before_commit)
 
 
-def replace_table_in_chunks(conn: duckdb.DuckDBPyConnection, table: str, chunks: Iterable[Sequence[Any]]) -> int:
+def replace_table_in_chunks(
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    chunks: Iterable[Sequence[Any]],
+    *,
+    before_commit: Callable[[], None] | None = None,
+) -> int:
     """Replace `table` with rows arriving in chunks, inside one transaction: memory holds one chunk at a time,
-    readers see the old table until the last chunk is in, and a failure (or a kill) leaves the old table."""
+    readers see the old table until the last chunk is in, and a failure (or a kill) leaves the old table.
+    `before_commit` runs inside the transaction, last: if it raises, the old table stays (used to publish a
+    file together with its table)."""
     columns = TABLES[table]
     names = [name for name, _, _ in columns]
     definition = ", ".join(f'"{name}" {sql_type}' for name, sql_type, _ in columns)
@@ -104,6 +143,8 @@ def replace_table_in_chunks(conn: duckdb.DuckDBPyConnection, table: str, chunks:
             finally:
                 conn.unregister("incoming_rows")
             written += len(frame)
+        if before_commit:
+            before_commit()
         conn.execute("COMMIT")
     except BaseException:
         conn.execute("ROLLBACK")

@@ -12,7 +12,8 @@ from . import store
 from .cache import EmbeddingCache
 from .embedding import ClipEmbedder
 from .filtering import FilterSettings, keep_flags
-from .outputs import atomic_writer, dj_record
+from .images import DEFAULT_MAX_IMAGE_PIXELS
+from .outputs import StagedFile, dj_record, staged_file
 from .samples import Sample
 from .scoring import DEFAULT_CHUNK_SIZE, DEFAULT_WORKERS, PairScorer, ProgressCallback, ScoringReport, chunked
 from .status import Status
@@ -44,12 +45,16 @@ def build_image_pair_stats(
     *,
     batch_size: int,
     workers: int = DEFAULT_WORKERS,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     on_progress: ProgressCallback | None = None,
 ) -> ScoringReport:
     """Score every sample of `raw_samples` into `image_pair_stats`, through the persistent embedding cache."""
     cache = EmbeddingCache(conn.cursor(), embedder.model_key)
-    with PairScorer(embedder, cache, batch_size=batch_size, workers=workers, on_progress=on_progress) as scorer:
+    with PairScorer(
+        embedder, cache, batch_size=batch_size, workers=workers, max_image_pixels=max_image_pixels,
+        on_progress=on_progress,
+    ) as scorer:
         sample_chunks = (
             [Sample.from_row(row) for row in rows]
             for rows in store.iter_chunks(conn.cursor(), "raw_samples", chunk_size=chunk_size)
@@ -65,10 +70,11 @@ def build_filtered_samples(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
 ) -> Counter:
     """Keep the samples of `image_pair_stats` that pass `settings`: the `filtered_samples` table and the JSONL
-    file, both replaced whole. Returns counts of total, scored and kept samples."""
+    file, both replaced whole; the file is published inside the table's transaction, so a failure anywhere
+    leaves both as they were. Returns counts of total, scored and kept samples."""
     counts: Counter = Counter()
 
-    def kept_in_chunks(reader: duckdb.DuckDBPyConnection, jsonl) -> Iterator[list[dict]]:
+    def kept_in_chunks(reader: duckdb.DuckDBPyConnection, jsonl: StagedFile) -> Iterator[list[dict]]:
         for rows in store.iter_chunks(reader, "image_pair_stats", chunk_size=chunk_size):
             flags = keep_flags(((row["status"], row["image_pair_similarity"]) for row in rows), settings)
             kept = [
@@ -77,9 +83,12 @@ def build_filtered_samples(
                 if keep
             ]
             counts.update(total=len(rows), scored=sum(r["status"] == Status.OK.value for r in rows), kept=len(kept))
-            jsonl.writelines(row["sample_json"] + "\n" for row in kept)
+            for row in kept:
+                jsonl.write_line(row["sample_json"])
             yield kept
 
-    with atomic_writer(jsonl_path) as jsonl:
-        store.replace_table_in_chunks(conn, "filtered_samples", kept_in_chunks(conn.cursor(), jsonl))
+    with staged_file(jsonl_path) as jsonl:
+        store.replace_table_in_chunks(
+            conn, "filtered_samples", kept_in_chunks(conn.cursor(), jsonl), before_commit=jsonl.publish
+        )
     return counts

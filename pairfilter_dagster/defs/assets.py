@@ -8,12 +8,12 @@ from typing import Mapping
 import dagster as dg
 
 from ..core import store
-from ..core.samples import find_manifests, read_samples
+from ..core.samples import count_lines, find_manifests, read_samples
 from ..core.scoring import progress_logger
 from ..core.status import STATUS_DESCRIPTIONS, Status
 from ..core.summary import histogram_markdown, markdown_table, summarize_scores
 from ..core.tables import build_filtered_samples, build_image_pair_stats, build_raw_samples, image_refs_to_score
-from .config import FilterConfig, check_filter_run_config
+from .config import FilterConfig, check_clip_run_config, check_filter_run_config
 from .resources import ClipModel, PairfilterStorage
 
 GROUP = "pairfilter"
@@ -47,9 +47,13 @@ def similarity_metadata(conn, thresholds: dict[str, float] | None = None) -> dic
 )
 def raw_samples(context: dg.AssetExecutionContext, storage: PairfilterStorage) -> dg.MaterializeResult:
     check_filter_run_config(context.run.run_config)
+    check_clip_run_config(context.run.run_config)
+    rules = storage.sample_rules()  # refuses image_roots that are not folders, before any work
+    if not storage.raw_dir.is_dir():
+        context.log.warning(f"No manifest folder {storage.raw_dir}: the outputs will be empty")
     manifests = find_manifests(storage.raw_dir)
     with storage.connect() as conn:
-        counts = build_raw_samples(conn, read_samples(storage.raw_dir))
+        counts = build_raw_samples(conn, read_samples(storage.raw_dir, rules))
         total = sum(counts.values())
         preview = conn.execute(
             f"SELECT sample_id, status, error, array_to_string(images, ' , ') FROM raw_samples "
@@ -61,6 +65,9 @@ def raw_samples(context: dg.AssetExecutionContext, storage: PairfilterStorage) -
             "dagster/row_count": total,
             "dagster/column_schema": column_schema("raw_samples"),
             "manifests_read": len(manifests),
+            "manifest_lines": sum(count_lines(path) for path in manifests),
+            "pairing": rules.pairing,
+            "image_roots": dg.MetadataValue.json(list(rules.image_roots)),
             "manifests": dg.MetadataValue.md(
                 "\n".join(f"- `{p.relative_to(storage.raw_dir).as_posix()}`" for p in manifests) or "_none_"
             ),
@@ -89,6 +96,7 @@ def image_pair_stats(
             embedder,
             batch_size=clip.batch_size,
             workers=clip.decode_workers,
+            max_image_pixels=storage.max_image_pixels,
             on_progress=progress_logger(context.log.info, image_refs_to_score(conn)),
         )
         distinct_images = conn.execute(

@@ -8,19 +8,25 @@ import dagster as dg
 
 from ..core.filtering import FilterSettings, keep_sample
 from ..core.outputs import DJ_STATS_FIELD, SIMILARITY_STAT
-from .assets import filtered_samples, image_pair_stats
+from ..core.status import Status
+from .assets import filtered_samples, image_pair_stats, raw_samples, status_count_metadata
 from .resources import PairfilterStorage
 
 
-@dg.asset_check(asset=image_pair_stats, blocking=True, description="Every score is finite and within [-1, 1].")
+@dg.asset_check(
+    asset=image_pair_stats,
+    blocking=True,
+    description="Every score is finite and within [-1, 1]; every ok sample has one score per image pair.",
+)
 def scores_finite_and_in_range(storage: PairfilterStorage) -> dg.AssetCheckResult:
     with storage.connect(read_only=True) as conn:
         bad = conn.execute(
             "SELECT sample_id, s FROM image_pair_stats, unnest(image_pair_similarity) AS t(s) "
             "WHERE NOT isfinite(s) OR s < -1 OR s > 1 ORDER BY manifest, line_number"
         ).fetchall()
-        ok_without_scores = conn.execute(
-            "SELECT count(*) FROM image_pair_stats WHERE status = 'ok' AND len(image_pair_similarity) = 0"
+        ok_without_scores = conn.execute(  # one score per pair, and at least one pair
+            "SELECT count(*) FROM image_pair_stats WHERE status = 'ok' "
+            "AND (len(image_pair_similarity) = 0 OR len(image_pair_similarity) != len(image_pairs))"
         ).fetchone()[0]
     return dg.AssetCheckResult(
         passed=not bad and ok_without_scores == 0,
@@ -99,5 +105,49 @@ def kept_samples_satisfy_config(
             "checked_against": dg.MetadataValue.json(
                 {"min_score": settings.min_score, "max_score": settings.max_score, "any_or_all": settings.any_or_all}
             ),
+        },
+    )
+
+
+@dg.asset_check(
+    asset=filtered_samples,
+    blocking=True,
+    additional_deps=["raw_samples", "image_pair_stats"],
+    description="Every sample accounted for: manifest lines = ingested samples = ok + rejected; kept + dropped = "
+    "ok (every kept sample is a distinct ok sample); every status is in the documented vocabulary.",
+)
+def every_sample_accounted_for(
+    context: dg.AssetCheckExecutionContext, storage: PairfilterStorage
+) -> dg.AssetCheckResult:
+    with storage.connect(read_only=True) as conn:
+        ingested = conn.execute("SELECT count(*) FROM raw_samples").fetchone()[0]
+        statuses = dict(conn.execute("SELECT status, count(*) FROM image_pair_stats GROUP BY status").fetchall())
+        kept = conn.execute("SELECT count(*) FROM filtered_samples").fetchone()[0]
+        dropped = conn.execute(
+            "SELECT count(*) FROM image_pair_stats WHERE status = 'ok' "
+            "AND sample_id NOT IN (SELECT sample_id FROM filtered_samples)"
+        ).fetchone()[0]
+    ok = statuses.get(Status.OK.value, 0)
+    rejected = sum(statuses.values()) - ok
+    unknown = sorted(set(statuses) - {status.value for status in Status})
+    # Lines counted from the manifest bytes when raw_samples ran, independently of parsing.
+    event = context.instance.get_latest_materialization_event(raw_samples.key)
+    recorded = event.asset_materialization.metadata if event and event.asset_materialization else {}
+    manifest_lines = recorded["manifest_lines"].value if "manifest_lines" in recorded else None
+
+    passed = (
+        manifest_lines in (None, ingested) and ingested == ok + rejected and kept + dropped == ok and not unknown
+    )
+    return dg.AssetCheckResult(
+        passed=passed,
+        metadata={
+            **({"manifest_lines": manifest_lines} if manifest_lines is not None else {}),
+            "ingested": ingested,
+            "ok": ok,
+            "rejected": rejected,
+            "kept": kept,
+            "dropped": dropped,
+            **status_count_metadata(statuses),
+            "unknown_statuses": dg.MetadataValue.json(unknown),
         },
     )

@@ -1,4 +1,4 @@
-"""Run config for the keep decision, validated before any work starts."""
+"""Run config for the keep decision, and the checks of a run's config made before any work starts."""
 
 from typing import Any, Literal, Mapping
 
@@ -6,6 +6,7 @@ import dagster as dg
 from pydantic import Field, model_validator
 
 from ..core.filtering import FilterSettings
+from .resources import ClipModel
 
 FILTERED_SAMPLES = "filtered_samples"
 
@@ -34,3 +35,13 @@ def check_filter_run_config(run_config: Mapping[str, Any]) -> None:
     spends minutes scoring (Dagster itself only checks value bounds when the filter step starts)."""
     op_config = (run_config.get("ops") or {}).get(FILTERED_SAMPLES) or {}
     FilterConfig(**(op_config.get("config") or {}))
+
+
+def check_clip_run_config(run_config: Mapping[str, Any]) -> None:
+    """Validate launch-time overrides of the `clip` resource in the first step. Dagster refuses bad enum values
+    (device, dtype) at launch, but checks rules such as batch_size >= 1 only when a step builds the resource;
+    with the multiprocess executor that is the scoring step, after ingestion. This builds it without loading
+    the model (no torch), so the pydantic error naming the field comes first."""
+    overrides = ((run_config.get("resources") or {}).get("clip") or {}).get("config") or {}
+    if overrides:
+        ClipModel(**overrides)

@@ -1,16 +1,20 @@
-"""Configurable resources: the CLIP model (loaded once per process) and the data folder with its DuckDB store."""
+"""Configurable resources: the CLIP model (loaded once per process) and the data folder: its reading rules and
+its DuckDB store."""
 
 import os
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, Literal, Optional
+from typing import Any, Iterator, Literal, Optional
 
 import dagster as dg
 import duckdb
 from pydantic import Field, PrivateAttr
 
 from ..core import store
-from ..core.embedding import DEFAULT_HF_CLIP, HF_CLIP_ENV_VAR, ClipEmbedder, ModelSpec
+from ..core.embedding import HF_CLIP_ENV_VAR, ClipEmbedder, ModelSpec, default_hf_clip
+from ..core.images import DEFAULT_MAX_IMAGE_PIXELS, PIL_HARD_PIXEL_LIMIT
+from ..core.pairing import DEFAULT_PAIRING
+from ..core.samples import SampleRules
 
 DATA_DIR_ENV_VAR = "PAIRFILTER_DATA_DIR"
 REPO_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
@@ -25,7 +29,7 @@ class ClipModel(dg.ConfigurableResource):
     only for steps that use it; loading these definitions never imports torch."""
 
     hf_clip: str = Field(
-        default=DEFAULT_HF_CLIP,
+        default=default_hf_clip(),  # the env var, also when a launchpad override names other fields only
         description=f"Hugging Face model id or local folder of a CLIP checkpoint (env: {HF_CLIP_ENV_VAR}).",
     )
     revision: Optional[str] = Field(
@@ -64,9 +68,39 @@ class ClipModel(dg.ConfigurableResource):
 
 
 class PairfilterStorage(dg.ConfigurableResource):
-    """The data folder: manifests under raw/, the DuckDB store, and output files people hand to training jobs."""
+    """The data folder (manifests under raw/, the DuckDB store, output files people hand to training jobs) and
+    the rules for reading it: how images pair up, where they may live, how large they may be."""
 
-    data_dir: str = Field(description=f"Data folder (env: {DATA_DIR_ENV_VAR}; default: data/ in the repo).")
+    data_dir: str = Field(
+        default=default_data_dir(), description=f"Data folder (env: {DATA_DIR_ENV_VAR}; default: data/ in the repo)."
+    )
+    pairing: Literal["exactly_two", "consecutive", "all_pairs"] = Field(
+        default=DEFAULT_PAIRING,
+        description="Which image pairs are scored: exactly_two (Data-Juicer's rule), consecutive ((1,2), (2,3), "
+        "...) or all_pairs (every i < j) for samples of two or more images.",
+    )
+    image_roots: list[str] = Field(
+        default=[],
+        description="Folders image paths must lie in (absolute, or relative to the data folder); empty: the data "
+        "folder. Paths outside them get status path_not_allowed.",
+    )
+    max_image_pixels: int = Field(
+        default=DEFAULT_MAX_IMAGE_PIXELS,
+        ge=1,
+        le=PIL_HARD_PIXEL_LIMIT,
+        description="Images with more pixels get status image_too_large instead of being decoded "
+        "(decompression-bomb guard; default: PIL's limit).",
+    )
+    lock_wait_seconds: float = Field(
+        default=store.LOCK_WAIT_SECONDS,
+        ge=0,
+        description="How long a step waits for another process (another run) to release the DuckDB file.",
+    )
+
+    _log: Any = PrivateAttr(default=None)
+
+    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
+        self._log = context.log
 
     @property
     def root(self) -> Path:
@@ -84,7 +118,13 @@ class PairfilterStorage(dg.ConfigurableResource):
     def filtered_jsonl(self) -> Path:
         return self.root / "output" / "filtered_samples.jsonl"
 
+    def sample_rules(self) -> SampleRules:
+        """Raises ValueError naming `image_roots` when a root is not an existing folder."""
+        return SampleRules.for_data_dir(self.root, self.image_roots, self.pairing)
+
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        with store.connect(self.database, read_only=read_only) as conn:
+        on_wait = self._log.warning if self._log else None
+        with store.connect(self.database, read_only=read_only, wait_seconds=self.lock_wait_seconds,
+                           on_wait=on_wait) as conn:
             yield conn
