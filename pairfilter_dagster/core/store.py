@@ -57,7 +57,9 @@ TABLES: dict[str, list[Column]] = {
 }
 INPUT_ORDER = "manifest, line_number"
 
-LOCK_WAIT_SECONDS = 120.0
+LOCK_WAIT_SECONDS = 3600.0
+"""A scoring step holds the write lock while it scores (its table is written in one transaction), so another
+run may have to wait as long as a whole scoring step: wait long, and say so once in the run log."""
 
 
 class StoreLockedError(RuntimeError):
