@@ -18,7 +18,7 @@ Column = tuple[str, str, str]
 """(name, DuckDB type, description)."""
 
 SAMPLE_COLUMNS: list[Column] = [
-    ("sample_id", "VARCHAR", "<manifest path relative to raw/>:<1-based line number>"),
+    ("sample_id", "VARCHAR", "`<manifest path relative to raw/>:<1-based line number>`"),
     ("manifest", "VARCHAR", "manifest path relative to raw/"),
     ("line_number", "INTEGER", "1-based line number in the manifest"),
     ("images", "VARCHAR[]", "image paths, resolved against the manifest's folder"),

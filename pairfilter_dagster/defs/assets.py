@@ -5,6 +5,7 @@ import time
 import dagster as dg
 
 from ..core import store
+from ..core.embedding import default_hf_clip
 from ..core.filtering import keep_flags
 from ..core.outputs import dj_record, write_lines_atomically
 from ..core.samples import Sample, find_manifests, read_samples
@@ -12,10 +13,16 @@ from ..core.scoring import score_samples
 from ..core.status import STATUS_DESCRIPTIONS, Status
 from ..core.summary import histogram_markdown, markdown_table, score_statistics
 from .config import FilterConfig, check_filter_run_config
+from .lineage import filtered_samples_lineage, image_pair_stats_lineage
 from .resources import ClipModel, PairfilterStorage
 
 GROUP = "pairfilter"
 PREVIEW_ROWS = 10
+OWNERS = ["team:dataset-curation"]
+FILTER_TAGS = {"filter": "image_pair_similarity"}
+SCORING_VERSION = "1"
+"""Bump when the scoring logic changes; with the default model in image_pair_stats's code_version, the UI then
+marks the stats table and everything downstream as stale ("code version changed")."""
 
 
 def column_schema(table: str) -> dg.TableSchema:
@@ -32,8 +39,12 @@ def status_count_metadata(statuses: list[str]) -> dict[str, int]:
 @dg.asset(
     group_name=GROUP,
     kinds={"duckdb", "json"},
-    description="Data-Juicer samples read from every *.jsonl under <data>/raw/ (sorted, subfolders included), "
-    "one row per manifest line. Lines that cannot be used are kept with a status and a reason.",
+    code_version="1",
+    owners=OWNERS,
+    tags=FILTER_TAGS,
+    metadata={"dagster/column_schema": column_schema("raw_samples")},
+    description="Data-Juicer samples read from every `*.jsonl` under `<data>/raw/` (sorted, subfolders "
+    "included), one row per manifest line. Lines that cannot be used are kept with a status and a reason.",
 )
 def raw_samples(context: dg.AssetExecutionContext, storage: PairfilterStorage) -> dg.MaterializeResult:
     check_filter_run_config(context.run.run_config)
@@ -60,9 +71,18 @@ def raw_samples(context: dg.AssetExecutionContext, storage: PairfilterStorage) -
 @dg.asset(
     group_name=GROUP,
     deps=[raw_samples],
-    kinds={"duckdb", "pytorch"},
-    description="Data-Juicer's image_pair_similarity stat: the cosine similarity of the two images' CLIP "
-    "embeddings, one row per sample with its status and reason. Every distinct image is embedded once.",
+    kinds={"duckdb", "pytorch", "huggingface"},
+    code_version=f"{SCORING_VERSION};model={default_hf_clip()}",
+    owners=OWNERS,
+    tags=FILTER_TAGS,
+    metadata={
+        "dagster/column_schema": column_schema("image_pair_stats"),
+        "dagster/column_lineage": image_pair_stats_lineage(),
+    },
+    description="Data-Juicer's `image_pair_similarity` stat: the cosine similarity of the two images' CLIP "
+    "embeddings (Hugging Face `CLIPModel.get_image_features`), one row per sample with its status and reason. "
+    "Every distinct image is embedded once. The code version names the default model, so changing the model "
+    "(`PAIRFILTER_HF_CLIP`) marks this table and everything downstream as stale.",
 )
 def image_pair_stats(
     context: dg.AssetExecutionContext, storage: PairfilterStorage, clip: ClipModel
@@ -111,9 +131,17 @@ def image_pair_stats(
     group_name=GROUP,
     deps=[image_pair_stats],
     kinds={"duckdb", "json"},
-    description="The kept samples: status ok and min_score <= image_pair_similarity <= max_score for any (or "
-    "all) pairs. Written in input order to <data>/output/filtered_samples.jsonl with every original field plus "
-    "__dj__stats__. Reads only the stats table: re-thresholding never runs the model.",
+    code_version="1",
+    owners=OWNERS,
+    tags=FILTER_TAGS,
+    metadata={
+        "dagster/column_schema": column_schema("filtered_samples"),
+        "dagster/column_lineage": filtered_samples_lineage(),
+    },
+    description="Data-Juicer's image_pair_similarity_filter: keeps the samples with status ok and "
+    "`min_score <= image_pair_similarity <= max_score` for any (or all) of their pairs. Written in input order to "
+    "`<data>/output/filtered_samples.jsonl` with every original field plus `__dj__stats__`. Reads only the stats "
+    "table: re-thresholding never runs the model.",
 )
 def filtered_samples(
     context: dg.AssetExecutionContext, config: FilterConfig, storage: PairfilterStorage
@@ -138,6 +166,7 @@ def filtered_samples(
         metadata={
             "dagster/row_count": len(kept),
             "dagster/column_schema": column_schema("filtered_samples"),
+            "dagster/column_lineage": filtered_samples_lineage(),
             "kept": len(kept),
             "total": len(rows),
             "scored": scored,
