@@ -11,10 +11,10 @@ import pytest
 from PIL import Image
 
 from pairfilter_dagster.core.filtering import FilterSettings
-from pairfilter_dagster.core.report import (
+from pairfilter_dagster.core.report import image_data_uri, min_score_sweep_markdown, write_threshold_report
+from pairfilter_dagster.core.report_pictures import (
     DROP_COLOR, LINE_BAND, LINE_COLORS, PASS_COLOR, ROW_GAP, ROW_HEIGHT, SHEET_HEADER, SHEET_WIDTH, THUMB,
-    contact_sheet_height, histogram_bins, image_data_uri, min_score_sweep_markdown, thumbnail,
-    write_threshold_report,
+    contact_sheet_height, histogram_bins, thumbnail,
 )
 from pairfilter_dagster.core.samples import read_samples
 
@@ -29,7 +29,8 @@ def stats_rows(data_dir: Path) -> list[dict]:
     for sample in read_samples(data_dir / "raw"):
         row = sample.as_row()
         ok = sample.sample_id in KNOWN
-        row.update(status="ok" if ok else "missing_image", image_pair_similarity=[KNOWN[sample.sample_id]] if ok else [])
+        row["status"] = "ok" if ok else "missing_image"
+        row["image_pair_similarity"] = [KNOWN[sample.sample_id]] if ok else []
         rows.append(row)
     return rows
 
@@ -44,7 +45,8 @@ def report(bundled_data_dir, tmp_path):
 
 
 def test_sheets_show_the_pairs_nearest_each_threshold_in_score_order(report):
-    shown = {name: [(r.pair.sample_id, r.pair.score, r.passes) for r in rows] for name, rows in report.sheet_rows.items()}
+    shown = {name: [(r.pair.sample_id, r.pair.score, r.passes) for r in rows]
+             for name, rows in report.sheet_rows.items()}
     # min_score 0.7: three at or above (0.7 passes: bounds are inclusive), three below; highest score first.
     assert shown["min_score"] == [
         ("pairs.jsonl:6", 0.8, True), ("pairs.jsonl:5", 0.75, True), ("pairs.jsonl:4", 0.7, True),
@@ -109,7 +111,8 @@ def test_missing_and_broken_images_get_a_labelled_tile(tmp_path):
     broken.write_bytes(b"not a jpeg")
     for path in (broken, tmp_path / "gone.jpg"):
         tile = thumbnail(str(path))
-        assert tile.size == (THUMB, THUMB) and len(np.unique(np.asarray(tile).reshape(-1, 3), axis=0)) > 1  # grey tile plus its label
+        colours = np.unique(np.asarray(tile).reshape(-1, 3), axis=0)
+        assert tile.size == (THUMB, THUMB) and len(colours) > 1  # a grey tile with its label
 
 
 def test_data_uri_decodes_to_the_picture(report):

@@ -24,12 +24,24 @@ def settle(raw_dir):
         os.utime(path, (past, past))
 
 
-def tick(data_dir, cursor):
-    settle(data_dir / "raw")
+@pytest.fixture(autouse=True)
+def instance():
+    """A throwaway Dagster instance: the sensor looks there for runs still under way."""
+    with dg.instance_for_test() as test_instance:
+        yield test_instance
+
+
+def evaluate(data_dir, cursor):
     context = dg.build_sensor_context(
-        cursor=cursor, resources={"storage": PairfilterStorage(data_dir=str(data_dir))}
+        instance=dg.DagsterInstance.get(), cursor=cursor,
+        resources={"storage": PairfilterStorage(data_dir=str(data_dir))},
     )
     return pairfilter_new_manifests.evaluate_tick(context)
+
+
+def tick(data_dir, cursor):
+    settle(data_dir / "raw")
+    return evaluate(data_dir, cursor)
 
 
 def test_existing_manifests_request_one_run_then_nothing_until_a_change(bundled_data_dir):
@@ -75,14 +87,25 @@ def test_changes_that_matter_and_ones_that_do_not(bundled_data_dir, edit, summar
 def test_a_manifest_still_being_written_waits_for_the_next_tick(bundled_data_dir):
     first = tick(bundled_data_dir, None)
     write_manifest(bundled_data_dir / "raw" / "copying.jsonl", [NEW_SAMPLE])  # modified just now
-    context = dg.build_sensor_context(
-        cursor=first.cursor, resources={"storage": PairfilterStorage(data_dir=str(bundled_data_dir))}
-    )
-    waiting = pairfilter_new_manifests.evaluate_tick(context)
+    waiting = evaluate(bundled_data_dir, first.cursor)
     assert waiting.run_requests == [] and "copying.jsonl" in waiting.skip_message
     assert waiting.cursor in (None, first.cursor)  # nothing recorded: the next tick still sees it as new
     assert [r.tags["pairfilter/manifest_changes"] for r in tick(bundled_data_dir, first.cursor).run_requests] == [
         "added: copying.jsonl"]
+
+
+def test_no_run_is_requested_while_one_is_under_way(bundled_data_dir, instance):
+    first = tick(bundled_data_dir, None)
+    write_manifest(bundled_data_dir / "raw" / "new.jsonl", [NEW_SAMPLE])
+    for status in (dg.DagsterRunStatus.STARTING, dg.DagsterRunStatus.STARTED):
+        instance.add_run(dg.DagsterRun(job_name="pairfilter_job", run_id="under-way", status=status))
+        waiting = tick(bundled_data_dir, first.cursor)
+        assert waiting.run_requests == [] and "waiting for run under-way" in waiting.skip_message
+        assert waiting.cursor in (None, first.cursor)
+        instance.delete_run("under-way")
+    instance.add_run(dg.DagsterRun(job_name="pairfilter_job", run_id="done", status=dg.DagsterRunStatus.SUCCESS))
+    (request,) = tick(bundled_data_dir, first.cursor).run_requests
+    assert request.tags["pairfilter/manifest_changes"] == "added: new.jsonl"
 
 
 def test_an_empty_or_emptied_folder_requests_no_run(tmp_path, bundled_data_dir):

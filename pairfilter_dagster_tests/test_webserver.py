@@ -103,7 +103,8 @@ def test_asset_graph_lineage_and_automation_are_served(server):
         assert node["groupName"] == "pairfilter" and node["description"] and node["kinds"], name
         assert node["opVersion"] and node["owners"] == [{"team": "dataset-curation"}], name
         assert "pairfilter_job" in node["jobNames"], name
-    assert {"dagster/column_schema", "dagster/column_lineage"} <= {e["label"] for e in nodes["filtered_samples"]["metadataEntries"]}
+    definition_metadata = {e["label"] for e in nodes["filtered_samples"]["metadataEntries"]}
+    assert {"dagster/column_schema", "dagster/column_lineage"} <= definition_metadata
     assert nodes["image_pair_stats"]["kinds"] == ["duckdb", "huggingface", "pytorch"]
     assert nodes["image_pair_stats"]["opVersion"].endswith(f"model={server.env['PAIRFILTER_HF_CLIP']}")
     checks = {check["name"] for node in nodes.values() for check in node["assetChecksOrError"].get("checks", [])}
@@ -153,32 +154,40 @@ def test_daemon_runs_the_sensor_once_per_new_manifest_and_never_for_an_unchanged
         ... on Sensor { sensorState { status } } } }""", selector=selector)
     assert started["startSensor"]["sensorState"]["status"] == "RUNNING"
     try:
-        # First tick: the manifests already there are new to the sensor, one run for them.
-        wait_for(lambda: any(t["runIds"] for t in sensor_ticks(server)), timeout=60, what="the first sensor tick")
-        wait_for(lambda: sensor_ticks(server)[-1]["status"] == "SKIPPED", timeout=60, what="an idle tick")
+        # First tick: the manifests already there are new to the sensor: one run for them.
+        (first,) = wait_for(lambda: [t for t in sensor_ticks(server) if t["runIds"]], timeout=90,
+                            what="the first sensor tick")
+        wait_for_run(server, first["runIds"][0])
+        idle_ticks_after(server, time.time(), count=2)
 
         write_manifest(server.data_dir / "raw" / "dropped" / "new.jsonl", [
             {"text": "a newly dropped pair", "images": ["../../images/cat.jpg", "../../images/img8.jpg"]}])
         dropped_at = time.time()
-        wait_for(lambda: [t for t in sensor_ticks(server) if t["runIds"] and t["timestamp"] > dropped_at],
-                 timeout=60, what="a tick for the dropped manifest")
-        # Several more ticks over the unchanged folder.
-        wait_for(lambda: len([t for t in sensor_ticks(server) if t["timestamp"] > dropped_at]) >= 4,
-                 timeout=60, what="three more ticks")
+        (second,) = wait_for(lambda: [t for t in sensor_ticks(server) if t["runIds"] and t["timestamp"] > dropped_at],
+                             timeout=90, what="a tick for the dropped manifest")
+        wait_for_run(server, second["runIds"][0])
+        idle_ticks_after(server, time.time(), count=3)
     finally:
         stop_sensor(server, selector)
 
-    ticks = sensor_ticks(server)
-    with_runs = [t for t in ticks if t["runIds"]]
-    assert [len(t["runIds"]) for t in with_runs] == [1, 1]
-    assert all(t["status"] == "SKIPPED" for t in ticks if not t["runIds"])
-    assert "no new or changed manifest" in ticks[-1]["skipReason"]
-
-    runs = [wait_for_run(server, t["runIds"][0]) for t in with_runs]
+    with_runs = [t for t in sensor_ticks(server) if t["runIds"]]
+    assert [t["runIds"] for t in with_runs] == [first["runIds"], second["runIds"]]  # one run per change, no more
+    runs = [server.graphql(RUN_QUERY, runId=t["runIds"][0])["runOrError"] for t in with_runs]
     changes = [{tag["key"]: tag["value"] for tag in run["tags"]}["pairfilter/manifest_changes"] for run in runs]
     assert changes == ["added: more/edge_cases.jsonl, pairs.jsonl", "added: dropped/new.jsonl"]
     assert value(materialization(runs[1], "raw_samples")["manifests_read"]) == 3
     assert value(materialization(runs[1], "raw_samples")["dagster/row_count"]) == 14
+
+
+def idle_ticks_after(server, since: float, count: int) -> None:
+    """Wait for `count` ticks after `since` over the unchanged folder: each skipped, none with a run."""
+    def idle():
+        ticks = [t for t in sensor_ticks(server) if t["timestamp"] > since]
+        assert not any(t["runIds"] for t in ticks), ticks
+        return len(ticks) >= count
+    wait_for(idle, timeout=60, what=f"{count} sensor ticks")
+    for tick in [t for t in sensor_ticks(server) if t["timestamp"] > since]:
+        assert tick["status"] == "SKIPPED" and "no new or changed manifest" in tick["skipReason"], tick
 
 
 def stop_sensor(server, selector: dict) -> None:
@@ -215,7 +224,7 @@ def test_browser_shows_the_graph_the_stats_metadata_and_the_report_pictures(serv
 
         page.goto(f"{server.url}/assets/image_pair_stats")
         status_ok = page.locator("tr").filter(has=page.get_by_text("status_ok", exact=True))
-        expect(status_ok).to_contain_text(str(latest_metadata(server, "image_pair_stats")["status_ok"]))
+        expect(status_ok.locator("td").last).to_have_text(str(latest_metadata(server, "image_pair_stats")["status_ok"]))
         for text in ("dataset-curation", "pairfilter_new_manifests", "image_pair_similarity"):
             expect(page.get_by_text(text, exact=True).first).to_be_visible()
         page.screenshot(path=shots / "image_pair_stats.png")
@@ -234,10 +243,24 @@ def test_browser_shows_the_graph_the_stats_metadata_and_the_report_pictures(serv
     shutil.copy(shots / "similarity_report_histogram.png", "/tmp/pairfilter-ui-report-screenshot.png")
 
 
-def test_runs_survive_a_restart_with_the_same_dagster_home(server, launched_run):
+def test_runs_survive_a_restart_and_a_new_model_marks_the_stats_table_stale(
+    server, launched_run, tiny_clip_dir, tmp_path_factory
+):
+    # Restart with the same DAGSTER_HOME, pointing PAIRFILTER_HF_CLIP at another (copied) checkpoint.
+    other_model = tmp_path_factory.mktemp("other-model") / "clip"
+    shutil.copytree(tiny_clip_dir, other_model)
+    server.env["PAIRFILTER_HF_CLIP"] = str(other_model)
     server.restart()
+
     run = server.graphql(RUN_QUERY, runId=launched_run["runId"])["runOrError"]
     assert run["__typename"] == "Run" and run["status"] == "SUCCESS"
     assert {m["assetKey"]["path"][0] for m in run["assetMaterializations"]} == set(ASSETS)
-    latest = server.graphql("""{ assetNodes { assetKey { path } assetMaterializations(limit: 1) { runId } } }""")
-    assert all(node["assetMaterializations"] for node in latest["assetNodes"])
+
+    nodes = server.graphql("""{ assetNodes { assetKey { path } opVersion staleStatus
+        staleCauses { key { path } category } assetMaterializations(limit: 1) { runId } } }""")["assetNodes"]
+    nodes = {node["assetKey"]["path"][0]: node for node in nodes}
+    assert all(node["assetMaterializations"] for node in nodes.values())
+    assert nodes["image_pair_stats"]["opVersion"] == f"1;model={other_model}"
+    assert nodes["raw_samples"]["staleStatus"] == "FRESH"
+    assert nodes["image_pair_stats"]["staleStatus"] == "STALE"
+    assert {cause["category"] for cause in nodes["image_pair_stats"]["staleCauses"]} == {"CODE"}

@@ -1,6 +1,7 @@
 """The three assets: raw_samples -> image_pair_stats -> filtered_samples. Each is a thin wrapper over core."""
 
 import time
+from typing import Optional
 
 import dagster as dg
 
@@ -13,13 +14,15 @@ from ..core.scoring import score_samples
 from ..core.status import STATUS_DESCRIPTIONS, Status
 from ..core.summary import histogram_markdown, markdown_table, score_statistics
 from .config import FilterConfig, check_filter_run_config
-from .lineage import filtered_samples_lineage, image_pair_stats_lineage
+from .lineage import content_version, filtered_samples_lineage, image_pair_stats_lineage
 from .resources import ClipModel, PairfilterStorage
 
 GROUP = "pairfilter"
 PREVIEW_ROWS = 10
-OWNERS = ["team:dataset-curation"]
-FILTER_TAGS = {"filter": "image_pair_similarity"}
+ASSET_DEFAULTS = dict(
+    group_name=GROUP, owners=["team:dataset-curation"], tags={"filter": "image_pair_similarity"}
+)
+"""Decorator arguments every asset of the pipeline shares."""
 SCORING_VERSION = "1"
 """Bump when the scoring logic changes; with the default model in image_pair_stats's code_version, the UI then
 marks the stats table and everything downstream as stale ("code version changed")."""
@@ -31,18 +34,21 @@ def column_schema(table: str) -> dg.TableSchema:
     )
 
 
+def table_metadata(table: str, lineage: Optional[dg.TableColumnLineage] = None) -> dict:
+    """Definition metadata: the column schema (and lineage), shown in the UI before the first run."""
+    return {"dagster/column_schema": column_schema(table), **({"dagster/column_lineage": lineage} if lineage else {})}
+
+
 def status_count_metadata(statuses: list[str]) -> dict[str, int]:
     """One numeric entry per status (zeros included), so the UI plots each over time."""
     return {f"status_{status.value}": statuses.count(status.value) for status in Status}
 
 
 @dg.asset(
-    group_name=GROUP,
+    **ASSET_DEFAULTS,
     kinds={"duckdb", "json"},
     code_version="1",
-    owners=OWNERS,
-    tags=FILTER_TAGS,
-    metadata={"dagster/column_schema": column_schema("raw_samples")},
+    metadata=table_metadata("raw_samples"),
     description="Data-Juicer samples read from every `*.jsonl` under `<data>/raw/` (sorted, subfolders "
     "included), one row per manifest line. Lines that cannot be used are kept with a status and a reason.",
 )
@@ -55,6 +61,7 @@ def raw_samples(context: dg.AssetExecutionContext, storage: PairfilterStorage) -
     context.log.info(f"Read {len(samples)} samples from {len(manifests)} manifests under {storage.raw_dir}")
     preview = [(s.sample_id, s.status.value, s.error, " , ".join(s.images)) for s in samples[:PREVIEW_ROWS]]
     return dg.MaterializeResult(
+        data_version=content_version(f"{s.sample_id}\t{s.sample_json}" for s in samples),
         metadata={
             "dagster/row_count": len(samples),
             "dagster/column_schema": column_schema("raw_samples"),
@@ -69,16 +76,11 @@ def raw_samples(context: dg.AssetExecutionContext, storage: PairfilterStorage) -
 
 
 @dg.asset(
-    group_name=GROUP,
+    **ASSET_DEFAULTS,
     deps=[raw_samples],
     kinds={"duckdb", "pytorch", "huggingface"},
     code_version=f"{SCORING_VERSION};model={default_hf_clip()}",
-    owners=OWNERS,
-    tags=FILTER_TAGS,
-    metadata={
-        "dagster/column_schema": column_schema("image_pair_stats"),
-        "dagster/column_lineage": image_pair_stats_lineage(),
-    },
+    metadata=table_metadata("image_pair_stats", image_pair_stats_lineage()),
     description="Data-Juicer's `image_pair_similarity` stat: the cosine similarity of the two images' CLIP "
     "embeddings (Hugging Face `CLIPModel.get_image_features`), one row per sample with its status and reason. "
     "Every distinct image is embedded once. The code version names the default model, so changing the model "
@@ -128,16 +130,11 @@ def image_pair_stats(
 
 
 @dg.asset(
-    group_name=GROUP,
+    **ASSET_DEFAULTS,
     deps=[image_pair_stats],
     kinds={"duckdb", "json"},
     code_version="1",
-    owners=OWNERS,
-    tags=FILTER_TAGS,
-    metadata={
-        "dagster/column_schema": column_schema("filtered_samples"),
-        "dagster/column_lineage": filtered_samples_lineage(),
-    },
+    metadata=table_metadata("filtered_samples", filtered_samples_lineage()),
     description="Data-Juicer's image_pair_similarity_filter: keeps the samples with status ok and "
     "`min_score <= image_pair_similarity <= max_score` for any (or all) of their pairs. Written in input order to "
     "`<data>/output/filtered_samples.jsonl` with every original field plus `__dj__stats__`. Reads only the stats "
@@ -163,6 +160,7 @@ def filtered_samples(
     context.log.info(f"Kept {len(kept)} of {len(rows)} samples ({scored} scored) with {settings}")
     scores = [score for row in rows for score in row["image_pair_similarity"]]
     return dg.MaterializeResult(
+        data_version=content_version([str(settings), *(row["sample_json"] for row in kept)]),
         metadata={
             "dagster/row_count": len(kept),
             "dagster/column_schema": column_schema("filtered_samples"),

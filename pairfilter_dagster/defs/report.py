@@ -14,7 +14,7 @@ from ..core.filtering import FilterSettings
 from ..core.report import (
     HISTOGRAM_FILE, REPORT_JSON, ThresholdReport, image_data_uri, min_score_sweep_markdown, write_threshold_report,
 )
-from .assets import GROUP, filtered_samples, image_pair_stats
+from .assets import ASSET_DEFAULTS, filtered_samples, image_pair_stats
 from .config import recorded_filter_settings
 from .resources import PairfilterStorage
 
@@ -49,12 +49,10 @@ def report_metadata(report: ThresholdReport, settings: FilterSettings) -> dict:
 
 
 @dg.asset(
-    group_name=GROUP,
+    **ASSET_DEFAULTS,
     deps=[image_pair_stats, filtered_samples],
     kinds={"pillow", "png"},
     code_version="1",
-    owners=["team:dataset-curation"],
-    tags={"filter": "image_pair_similarity"},
     description="Pictures for picking thresholds: a histogram of image_pair_similarity with min_score and "
     "max_score marked, and for each threshold a contact sheet of the pairs just inside and just outside it "
     "(thumbnails, score, sample id). Uses the thresholds of the latest filtered_samples materialization. "

@@ -5,6 +5,8 @@ acted on once (Dagster never launches two runs with the same run key from one se
 requests nothing, however often the sensor ticks. The first tick after the sensor is switched on sees every
 existing manifest as new and requests one run for them.
 
+While a run of pairfilter_job is queued or running, the sensor waits (see `unfinished_pipeline_runs`).
+
 Stopped by default, like the schedule: switch it on under Automation in the UI (or `dagster sensor start
 pairfilter_new_manifests`). The daemon (`dagster-daemon`, or `dagster dev`) must be running for it to tick.
 """
@@ -28,6 +30,18 @@ def sensor_interval_seconds() -> int:
     return int(os.environ.get(INTERVAL_ENV_VAR) or DEFAULT_INTERVAL_SECONDS)
 
 
+def unfinished_pipeline_runs(instance: dg.DagsterInstance) -> list[str]:
+    """Ids of queued or running runs of the job. Two overlapping runs would interleave their writes (one run's
+    stats checked against the other's samples), so the sensor requests a run only when none is under way; the
+    cursor is not advanced meanwhile, so a change made during a run is picked up on the first tick after it."""
+    unfinished = [
+        dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+        dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING,
+    ]
+    runs = instance.get_runs(filters=dg.RunsFilter(job_name=pairfilter_job.name, statuses=unfinished), limit=1)
+    return [run.run_id for run in runs]
+
+
 def read_cursor(cursor: str | None) -> tuple[int, dict[str, str]]:
     state = json.loads(cursor) if cursor else {}
     return state.get("generation", 0), state.get("manifests", {})
@@ -45,6 +59,9 @@ def pairfilter_new_manifests(
     context: dg.SensorEvaluationContext, storage: PairfilterStorage
 ) -> dg.SensorResult | dg.SkipReason:
     generation, previous = read_cursor(context.cursor)
+    unfinished = unfinished_pipeline_runs(context.instance)
+    if unfinished:
+        return dg.SkipReason(f"waiting for run {unfinished[0]} of {pairfilter_job.name} to finish")
     busy = still_being_written(storage.raw_dir, SETTLE_SECONDS)
     if busy:
         return dg.SkipReason(f"waiting for {', '.join(busy)} to stop changing")
