@@ -117,6 +117,15 @@ def test_asset_graph_lineage_and_automation_are_served(server):
                                   "scheduleState": {"status": "STOPPED"}}]
     assert repo["sensors"] == [{"name": SENSOR, "sensorState": {"status": "STOPPED"}}]
 
+    # The schedule, evaluated by the code server for 2026-11-25 03:00 UTC: one run of the whole job.
+    dry_run = server.graphql("""mutation($selector: ScheduleSelector!, $at: Float) {
+        scheduleDryRun(selectorData: $selector, timestamp: $at) { ... on DryRunInstigationTick {
+            evaluationResult { skipReason error { message } runRequests { runConfigYaml } } } } }""",
+        selector=server.selector("scheduleName", "pairfilter_daily"), at=1795575600.0)
+    evaluation = dry_run["scheduleDryRun"]["evaluationResult"]
+    assert evaluation["error"] is None and evaluation["skipReason"] is None
+    assert len(evaluation["runRequests"]) == 1  # of the schedule's job, pairfilter_job, with default config
+
 
 def test_launched_run_records_metadata_lineage_and_check_results(server, launched_run):
     stats = materialization(launched_run, "image_pair_stats")

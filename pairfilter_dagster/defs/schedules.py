@@ -10,6 +10,7 @@ pairfilter_job = dg.define_asset_job(
     selection=dg.AssetSelection.assets(raw_samples, image_pair_stats, filtered_samples, similarity_report),
     description="Ingest manifests, score every image pair with CLIP, write the filtered dataset and the threshold "
     "report (checks included).",
+    tags={"pairfilter/writes": "tables"},  # lets dagster.yaml's run_queue keep runs from overlapping (README)
 )
 
 pairfilter_daily = dg.ScheduleDefinition(
