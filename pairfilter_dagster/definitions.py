@@ -5,15 +5,17 @@ Importing this module must stay cheap: no torch, no transformers (the model load
 import dagster as dg
 
 from .core.embedding import default_hf_clip
-from .defs import assets, checks
+from .defs import assets, checks, report
 from .defs.resources import ClipModel, PairfilterStorage, default_data_dir
 from .defs.schedules import pairfilter_daily, pairfilter_job
+from .defs.sensors import pairfilter_new_manifests
 
 defs = dg.Definitions(
-    assets=dg.load_assets_from_modules([assets]),
+    assets=dg.load_assets_from_modules([assets, report]),
     asset_checks=dg.load_asset_checks_from_modules([checks]),
     jobs=[pairfilter_job],
     schedules=[pairfilter_daily],
+    sensors=[pairfilter_new_manifests],
     resources={
         "clip": ClipModel(hf_clip=default_hf_clip()),
         "storage": PairfilterStorage(data_dir=default_data_dir()),

@@ -18,7 +18,7 @@ Column = tuple[str, str, str]
 """(name, DuckDB type, description)."""
 
 SAMPLE_COLUMNS: list[Column] = [
-    ("sample_id", "VARCHAR", "<manifest path relative to raw/>:<1-based line number>"),
+    ("sample_id", "VARCHAR", "`<manifest path relative to raw/>:<1-based line number>`"),
     ("manifest", "VARCHAR", "manifest path relative to raw/"),
     ("line_number", "INTEGER", "1-based line number in the manifest"),
     ("images", "VARCHAR[]", "image paths, resolved against the manifest's folder"),
@@ -178,6 +178,15 @@ def iter_chunks(
     result = conn.execute(f'SELECT {selected} FROM "{table}" ORDER BY {INPUT_ORDER}')
     while rows := result.fetchmany(chunk_size):
         yield [dict(zip(columns, row)) for row in rows]
+
+
+def table_fingerprint(conn: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str]) -> tuple[int, int]:
+    """(row count, XOR of the rows' hashes over `columns`): changes when any row does."""
+    row = ", ".join(f'"{name}"' for name in columns)  # one string per row: hash() of several values mixes weakly
+    count, fingerprint = conn.execute(
+        f'SELECT count(*), coalesce(bit_xor(hash(concat_ws(chr(31), {row}))), 0) FROM "{table}"'
+    ).fetchone()
+    return count, int(fingerprint)
 
 
 def row_count(conn: duckdb.DuckDBPyConnection, table: str) -> int:

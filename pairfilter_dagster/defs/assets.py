@@ -3,27 +3,42 @@
 The work is in `core.tables`: every asset streams rows to DuckDB in bounded chunks, so memory does not grow with the
 dataset."""
 
-from typing import Mapping
+from typing import Mapping, Optional
+
 
 import dagster as dg
 
 from ..core import store
+from ..core.embedding import default_hf_clip
 from ..core.samples import count_lines, find_manifests, read_samples
 from ..core.scoring import progress_logger
 from ..core.status import STATUS_DESCRIPTIONS, Status
 from ..core.summary import histogram_markdown, markdown_table, summarize_scores
 from ..core.tables import build_filtered_samples, build_image_pair_stats, build_raw_samples, image_refs_to_score
 from .config import FilterConfig, check_clip_run_config, check_filter_run_config
+from .lineage import filtered_samples_lineage, image_pair_stats_lineage, table_data_version
 from .resources import ClipModel, PairfilterStorage
 
 GROUP = "pairfilter"
 PREVIEW_ROWS = 10
+ASSET_DEFAULTS = dict(
+    group_name=GROUP, owners=["team:dataset-curation"], tags={"filter": "image_pair_similarity"}
+)
+"""Decorator arguments every asset of the pipeline shares."""
+SCORING_VERSION = "1"
+"""Bump when the scoring logic changes; with the default model in image_pair_stats's code_version, the UI then
+marks the stats table and everything downstream as stale ("code version changed")."""
 
 
 def column_schema(table: str) -> dg.TableSchema:
     return dg.TableSchema(
         columns=[dg.TableColumn(name, sql_type, description) for name, sql_type, description in store.TABLES[table]]
     )
+
+
+def table_metadata(table: str, lineage: Optional[dg.TableColumnLineage] = None) -> dict:
+    """Definition metadata: the column schema (and lineage), shown in the UI before the first run."""
+    return {"dagster/column_schema": column_schema(table), **({"dagster/column_lineage": lineage} if lineage else {})}
 
 
 def status_count_metadata(counts: Mapping[str, int]) -> dict[str, int]:
@@ -40,10 +55,12 @@ def similarity_metadata(conn, thresholds: dict[str, float] | None = None) -> dic
 
 
 @dg.asset(
-    group_name=GROUP,
+    **ASSET_DEFAULTS,
     kinds={"duckdb", "json"},
-    description="Data-Juicer samples read from every *.jsonl under <data>/raw/ (sorted, subfolders included), "
-    "one row per manifest line. Lines that cannot be used are kept with a status and a reason.",
+    code_version="1",
+    metadata=table_metadata("raw_samples"),
+    description="Data-Juicer samples read from every `*.jsonl` under `<data>/raw/` (sorted, subfolders "
+    "included), one row per manifest line. Lines that cannot be used are kept with a status and a reason.",
 )
 def raw_samples(context: dg.AssetExecutionContext, storage: PairfilterStorage) -> dg.MaterializeResult:
     check_filter_run_config(context.run.run_config)
@@ -59,8 +76,10 @@ def raw_samples(context: dg.AssetExecutionContext, storage: PairfilterStorage) -
             f"SELECT sample_id, status, error, array_to_string(images, ' , ') FROM raw_samples "
             f"ORDER BY {store.INPUT_ORDER} LIMIT {PREVIEW_ROWS}"
         ).fetchall()
+        data_version = table_data_version(conn, "raw_samples", ["sample_id", "sample_json"])
     context.log.info(f"Read {total} samples from {len(manifests)} manifests under {storage.raw_dir}")
     return dg.MaterializeResult(
+        data_version=data_version,
         metadata={
             "dagster/row_count": total,
             "dagster/column_schema": column_schema("raw_samples"),
@@ -78,12 +97,16 @@ def raw_samples(context: dg.AssetExecutionContext, storage: PairfilterStorage) -
 
 
 @dg.asset(
-    group_name=GROUP,
+    **ASSET_DEFAULTS,
     deps=[raw_samples],
-    kinds={"duckdb", "pytorch"},
-    description="Data-Juicer's image_pair_similarity stat: the cosine similarity of the two images' CLIP "
-    "embeddings, one row per sample with its status and reason. Every distinct image is embedded once and "
-    "cached in the embedding_cache table, keyed by model and image content.",
+    kinds={"duckdb", "pytorch", "huggingface"},
+    code_version=f"{SCORING_VERSION};model={default_hf_clip()}",
+    metadata=table_metadata("image_pair_stats", image_pair_stats_lineage()),
+    description="Data-Juicer's `image_pair_similarity` stat: the cosine similarity of the two images' CLIP "
+    "embeddings (Hugging Face `CLIPModel.get_image_features`), one row per sample with its status and reason. "
+    "Every distinct image is embedded once and cached in the `embedding_cache` table, keyed by model and image "
+    "content. The code version names the default model, so changing the model (`PAIRFILTER_HF_CLIP`) marks this "
+    "table and everything downstream as stale.",
 )
 def image_pair_stats(
     context: dg.AssetExecutionContext, storage: PairfilterStorage, clip: ClipModel
@@ -128,12 +151,15 @@ def image_pair_stats(
 
 
 @dg.asset(
-    group_name=GROUP,
+    **ASSET_DEFAULTS,
     deps=[image_pair_stats],
     kinds={"duckdb", "json"},
-    description="The kept samples: status ok and min_score <= image_pair_similarity <= max_score for any (or "
-    "all) pairs. Written in input order to <data>/output/filtered_samples.jsonl with every original field plus "
-    "__dj__stats__. Reads only the stats table: re-thresholding never runs the model.",
+    code_version="1",
+    metadata=table_metadata("filtered_samples", filtered_samples_lineage()),
+    description="Data-Juicer's image_pair_similarity_filter: keeps the samples with status ok and "
+    "`min_score <= image_pair_similarity <= max_score` for any (or all) of their pairs. Written in input order to "
+    "`<data>/output/filtered_samples.jsonl` with every original field plus `__dj__stats__`. Reads only the stats "
+    "table: re-thresholding never runs the model.",
 )
 def filtered_samples(
     context: dg.AssetExecutionContext, config: FilterConfig, storage: PairfilterStorage
@@ -144,13 +170,16 @@ def filtered_samples(
         similarity = similarity_metadata(
             conn, thresholds={"min_score": settings.min_score, "max_score": settings.max_score}
         )
+        data_version = table_data_version(conn, "filtered_samples", ["sample_id", "sample_json"], str(settings))
 
     kept, total, scored = counts["kept"], counts["total"], counts["scored"]
     context.log.info(f"Kept {kept} of {total} samples ({scored} scored) with {settings}")
     return dg.MaterializeResult(
+        data_version=data_version,
         metadata={
             "dagster/row_count": kept,
             "dagster/column_schema": column_schema("filtered_samples"),
+            "dagster/column_lineage": filtered_samples_lineage(),
             "kept": kept,
             "total": total,
             "scored": scored,

@@ -6,10 +6,11 @@ import json
 
 import dagster as dg
 
-from ..core.filtering import FilterSettings, keep_sample
+from ..core.filtering import keep_sample
 from ..core.outputs import DJ_STATS_FIELD, SIMILARITY_STAT
 from ..core.status import Status
 from .assets import filtered_samples, image_pair_stats, raw_samples, status_count_metadata
+from .config import recorded_filter_settings
 from .resources import PairfilterStorage
 
 
@@ -75,13 +76,9 @@ def one_row_per_sample(storage: PairfilterStorage) -> dg.AssetCheckResult:
 def kept_samples_satisfy_config(
     context: dg.AssetCheckExecutionContext, storage: PairfilterStorage
 ) -> dg.AssetCheckResult:
-    event = context.instance.get_latest_materialization_event(filtered_samples.key)
-    if event is None or event.asset_materialization is None:
+    settings = recorded_filter_settings(context.instance)
+    if settings is None:
         return dg.AssetCheckResult(passed=False, description="filtered_samples has not been materialized yet")
-    recorded = event.asset_materialization.metadata
-    settings = FilterSettings(
-        recorded["min_score"].value, recorded["max_score"].value, recorded["any_or_all"].value
-    )
 
     with open(storage.filtered_jsonl, encoding="utf-8") as handle:
         lines = [json.loads(line) for line in handle]

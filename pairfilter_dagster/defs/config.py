@@ -1,6 +1,6 @@
 """Run config for the keep decision, and the checks of a run's config made before any work starts."""
 
-from typing import Any, Literal, Mapping
+from typing import Any, Literal, Mapping, Optional
 
 import dagster as dg
 from pydantic import Field, model_validator
@@ -28,6 +28,16 @@ class FilterConfig(dg.Config):
 
     def to_settings(self) -> FilterSettings:
         return FilterSettings(self.min_score, self.max_score, self.any_or_all)
+
+
+def recorded_filter_settings(instance: dg.DagsterInstance) -> Optional[FilterSettings]:
+    """The thresholds recorded on the latest `filtered_samples` materialization (None before the first one):
+    what the filtered dataset on disk was actually built with."""
+    event = instance.get_latest_materialization_event(dg.AssetKey(FILTERED_SAMPLES))
+    if event is None or event.asset_materialization is None:
+        return None
+    recorded = event.asset_materialization.metadata
+    return FilterSettings(recorded["min_score"].value, recorded["max_score"].value, recorded["any_or_all"].value)
 
 
 def check_filter_run_config(run_config: Mapping[str, Any]) -> None:

@@ -3,11 +3,14 @@
 import dagster as dg
 
 from .assets import filtered_samples, image_pair_stats, raw_samples
+from .report import similarity_report
 
 pairfilter_job = dg.define_asset_job(
     name="pairfilter_job",
-    selection=dg.AssetSelection.assets(raw_samples, image_pair_stats, filtered_samples),
-    description="Ingest manifests, score every image pair with CLIP, write the filtered dataset (checks included).",
+    selection=dg.AssetSelection.assets(raw_samples, image_pair_stats, filtered_samples, similarity_report),
+    description="Ingest manifests, score every image pair with CLIP, write the filtered dataset and the threshold "
+    "report (checks included).",
+    tags={"pairfilter/writes": "tables"},  # lets dagster.yaml's run_queue keep runs from overlapping (README)
 )
 
 pairfilter_daily = dg.ScheduleDefinition(

@@ -1,0 +1,70 @@
+"""The threshold report asset: a score histogram and contact sheets around each threshold, written under
+<data>/output/report/ and shown in the UI.
+
+The UI renders Markdown metadata with images given as data: URIs (files on disk cannot be shown: the browser never
+sees them). Markdown over 1,000 characters sits behind a "[Show Markdown]" link that opens it in a dialog, so each
+picture is its own metadata entry, one click away; the files are linked by path too."""
+
+from pathlib import Path
+
+import dagster as dg
+
+from ..core import store
+from ..core.filtering import FilterSettings
+from ..core.report import (
+    HISTOGRAM_FILE, REPORT_JSON, ThresholdReport, image_data_uri, min_score_sweep_markdown, write_threshold_report,
+)
+from .assets import ASSET_DEFAULTS, filtered_samples, image_pair_stats
+from .config import recorded_filter_settings
+from .resources import PairfilterStorage
+
+REPORT_COLUMNS = ["sample_id", "manifest", "line_number", "images", "image_pairs", "image_pair_similarity", "status"]
+
+
+def report_dir(storage: PairfilterStorage) -> Path:
+    return storage.filtered_jsonl.parent / "report"
+
+
+def picture(path: Path, caption: str) -> dg.MetadataValue:
+    return dg.MetadataValue.md(f"![{caption}]({image_data_uri(path)})\n\n{caption}: `{path}`")
+
+
+def report_metadata(report: ThresholdReport, settings: FilterSettings) -> dict:
+    return {
+        "histogram": picture(report.histogram, "histogram of image_pair_similarity with the thresholds"),
+        **{
+            f"{name}_boundary": picture(path, f"pairs just inside and outside {name} = {getattr(settings, name):g}")
+            for name, path in report.sheets.items()
+        },
+        "min_score_sweep": dg.MetadataValue.md(min_score_sweep_markdown(report.scores, settings)),
+        "scored_pairs": report.scored_pairs,
+        "passing_pairs": report.passing_pairs,
+        "kept_samples": report.kept_samples,
+        "min_score": settings.min_score,
+        "max_score": settings.max_score,
+        "any_or_all": settings.any_or_all,
+        "report_dir": dg.MetadataValue.path(str(report.directory)),
+        "report_json": dg.MetadataValue.path(str(report.directory / REPORT_JSON)),
+    }
+
+
+@dg.asset(
+    **ASSET_DEFAULTS,
+    deps=[image_pair_stats, filtered_samples],
+    kinds={"pillow", "png"},
+    code_version="1",
+    description="Pictures for picking thresholds: a histogram of image_pair_similarity with min_score and "
+    "max_score marked, and for each threshold a contact sheet of the pairs just inside and just outside it "
+    "(thumbnails, score, sample id). Uses the thresholds of the latest filtered_samples materialization. "
+    f"Written to `<data>/output/report/` ({HISTOGRAM_FILE}, min_score_boundary.png, max_score_boundary.png, "
+    f"{REPORT_JSON}) and shown in the metadata (click [Show Markdown]).",
+)
+def similarity_report(context: dg.AssetExecutionContext, storage: PairfilterStorage) -> dg.MaterializeResult:
+    settings = recorded_filter_settings(context.instance)
+    if settings is None:
+        raise dg.Failure("filtered_samples has not been materialized yet: materialize it first")
+    with storage.connect(read_only=True) as conn:
+        rows = store.read_rows(conn, "image_pair_stats", REPORT_COLUMNS)
+    report = write_threshold_report(rows, settings, report_dir(storage))
+    context.log.info(f"Wrote the threshold report for {settings} to {report.directory}")
+    return dg.MaterializeResult(metadata=report_metadata(report, settings))

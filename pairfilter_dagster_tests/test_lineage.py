@@ -1,0 +1,49 @@
+"""Column lineage and data versions: what lets the UI say where a column comes from and what is stale."""
+
+import dagster as dg
+
+from pairfilter_dagster.defs import assets
+from pairfilter_dagster.core import store
+from pairfilter_dagster.defs.lineage import filtered_samples_lineage, image_pair_stats_lineage, table_data_version
+from pairfilter_dagster.defs.resources import PairfilterStorage
+
+from .conftest import write_manifest
+
+
+def deps(lineage: dg.TableColumnLineage) -> dict[str, set[str]]:
+    return {column: {f"{d.asset_key.to_user_string()}.{d.column_name}" for d in found}
+            for column, found in lineage.deps_by_column.items()}
+
+
+def test_the_score_column_flows_from_the_stats_table_into_the_filtered_dataset():
+    filtered = deps(filtered_samples_lineage())
+    assert filtered["image_pair_similarity"] == {"image_pair_stats.image_pair_similarity"}
+    assert filtered["sample_json"] == {"image_pair_stats.sample_json", "image_pair_stats.image_pair_similarity"}
+    assert set(filtered) == {"sample_id", "manifest", "line_number", "image_pair_similarity", "sample_json"}
+    assert deps(image_pair_stats_lineage())["image_pair_similarity"] == {"raw_samples.images"}
+
+
+def raw_samples_version(data_dir) -> str:
+    result = dg.materialize([assets.raw_samples], resources={"storage": PairfilterStorage(data_dir=str(data_dir))})
+    (event,) = result.asset_materializations_for_node("raw_samples")
+    return event.tags["dagster/data_version"]
+
+
+def test_raw_samples_data_version_follows_the_manifests_not_the_run(bundled_data_dir):
+    first = raw_samples_version(bundled_data_dir)
+    assert raw_samples_version(bundled_data_dir) == first  # nothing new: downstream stays fresh
+    write_manifest(bundled_data_dir / "raw" / "new.jsonl", [{"images": ["../images/cat.jpg", "../images/img3.jpg"]}])
+    assert raw_samples_version(bundled_data_dir) != first  # new samples: downstream shows "upstream data changed"
+
+
+def test_table_data_version_changes_with_any_row_or_the_extra_text(tmp_path):
+    def version(lines, extra=""):
+        rows = [{"sample_id": f"m:{i}", "manifest": "m", "line_number": i, "images": [], "status": "ok",
+                 "error": "", "sample_json": line, "image_pairs": []} for i, line in enumerate(lines, start=1)]
+        with store.connect(tmp_path / "p.duckdb") as conn:
+            store.replace_table(conn, "raw_samples", rows)
+            return table_data_version(conn, "raw_samples", ["sample_id", "sample_json"], extra).value
+
+    assert version(["a", "b"]) == version(["a", "b"])
+    variants = (["a", "b"], ["b", "a"], ["ab"], ["a", "b", ""], [])
+    assert len({version(lines) for lines in variants} | {version(["a", "b"], "min_score=0.2")}) == 6
