@@ -13,6 +13,14 @@ def test_dj_record_keeps_every_field_and_its_order_and_adds_stats():
     assert record["__dj__stats__"] == {"image_pair_similarity": [0.25]}
 
 
+def test_dj_record_keeps_the_original_text_byte_for_byte():
+    line = '{"text":"caf\\u00e9",  "images": ["a.jpg","b.jpg"], "n": 1.50 }'
+    out = dj_record(line, [0.5])
+    assert out.startswith('{"text":"caf\\u00e9",  "images": ["a.jpg","b.jpg"], "n": 1.50')
+    assert json.loads(out) == {**json.loads(line), "__dj__stats__": {"image_pair_similarity": [0.5]}}
+    assert json.loads(dj_record("{ }", [0.25])) == {"__dj__stats__": {"image_pair_similarity": [0.25]}}
+
+
 def test_dj_record_merges_existing_stats():
     line = json.dumps({"images": ["a", "b"], "__dj__stats__": {"lang_score": 0.9}})
     assert json.loads(dj_record(line, [0.5]))["__dj__stats__"] == {"lang_score": 0.9, "image_pair_similarity": [0.5]}

@@ -12,10 +12,20 @@ SIMILARITY_STAT = "image_pair_similarity"
 
 
 def dj_record(sample_json: str, scores: Sequence[float]) -> str:
-    """The sample's JSON line with Data-Juicer's stats field added (kept fields and their order untouched)."""
+    """The sample's JSON line with Data-Juicer's stats field added, every original field untouched.
+
+    The field is spliced in before the closing brace, so the original text is kept byte for byte (and a JSON
+    round trip per kept sample is saved); a line that already mentions `__dj__stats__` is merged through JSON."""
+    # json.dumps writes floats with repr(); kept scores are finite, so this is the same text, made faster.
+    similarity = f'{{"{SIMILARITY_STAT}": [{", ".join(repr(float(score)) for score in scores)}]}}'
+    body = sample_json.rstrip()
+    if DJ_STATS_FIELD not in sample_json and body.endswith("}"):
+        head = body[:-1].rstrip()
+        separator = "" if head.endswith("{") else ", "
+        return f'{head}{separator}"{DJ_STATS_FIELD}": {similarity}}}'
     record = json.loads(sample_json)
     stats = record.get(DJ_STATS_FIELD)
-    record[DJ_STATS_FIELD] = {**(stats if isinstance(stats, dict) else {}), SIMILARITY_STAT: list(scores)}
+    record[DJ_STATS_FIELD] = {**(stats if isinstance(stats, dict) else {}), **json.loads(similarity)}
     return json.dumps(record, ensure_ascii=False)
 
 

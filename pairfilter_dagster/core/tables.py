@@ -19,8 +19,12 @@ from .scoring import DEFAULT_CHUNK_SIZE, DEFAULT_WORKERS, PairScorer, ProgressCa
 from .status import Status
 
 
+TABLE_CHUNK_SIZE = 10_000
+"""Rows per chunk where no model runs (ingesting, filtering): large enough to amortise each insert."""
+
+
 def build_raw_samples(
-    conn: duckdb.DuckDBPyConnection, samples: Iterable[Sample], chunk_size: int = DEFAULT_CHUNK_SIZE
+    conn: duckdb.DuckDBPyConnection, samples: Iterable[Sample], chunk_size: int = TABLE_CHUNK_SIZE
 ) -> Counter:
     """Replace `raw_samples` with the samples; returns the count per status."""
     counts: Counter = Counter()
@@ -67,7 +71,7 @@ def build_filtered_samples(
     conn: duckdb.DuckDBPyConnection,
     settings: FilterSettings,
     jsonl_path: Path,
-    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    chunk_size: int = TABLE_CHUNK_SIZE,
 ) -> Counter:
     """Keep the samples of `image_pair_stats` that pass `settings`: the `filtered_samples` table and the JSONL
     file, both replaced whole; the file is published inside the table's transaction, so a failure anywhere
@@ -75,7 +79,8 @@ def build_filtered_samples(
     counts: Counter = Counter()
 
     def kept_in_chunks(reader: duckdb.DuckDBPyConnection, jsonl: StagedFile) -> Iterator[list[dict]]:
-        for rows in store.iter_chunks(reader, "image_pair_stats", chunk_size=chunk_size):
+        columns = [name for name, _, _ in store.TABLES["filtered_samples"]] + ["status"]
+        for rows in store.iter_chunks(reader, "image_pair_stats", columns, chunk_size=chunk_size):
             flags = keep_flags(((row["status"], row["image_pair_similarity"]) for row in rows), settings)
             kept = [
                 {**row, "sample_json": dj_record(row["sample_json"], row["image_pair_similarity"])}
