@@ -69,3 +69,11 @@ def test_headless_cli_materializes_everything(bundled_data_dir, tiny_clip_dir, t
         ok = conn.execute("SELECT count(*) FROM image_pair_stats WHERE status = 'ok'").fetchone()[0]
     lines = (bundled_data_dir / "output" / "filtered_samples.jsonl").read_text().splitlines()
     assert len(lines) == ok == 9  # min_score 0: every scored sample of the tiny model is kept
+
+
+def test_the_shipped_instance_config_queues_pipeline_runs_one_at_a_time(tmp_path):
+    (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
+    with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
+        limits = instance.run_coordinator.get_run_queue_config().tag_concurrency_limits
+    assert limits == [{"key": "pairfilter/writes", "limit": 1}]
+    assert defs.resolve_job_def("pairfilter_job").tags["pairfilter/writes"] == "tables"
