@@ -6,7 +6,6 @@ import json
 import shutil
 import socket
 
-import dagster as dg
 import pytest
 
 from pairfilter_dagster.core.status import Status
