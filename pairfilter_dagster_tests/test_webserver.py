@@ -190,13 +190,17 @@ def test_daemon_runs_the_sensor_once_per_new_manifest_and_never_for_an_unchanged
 
 
 def idle_ticks_after(server, since: float, count: int) -> None:
-    """Wait for `count` ticks after `since` over the unchanged folder: each skipped, none with a run."""
+    """Wait for `count` finished ticks after `since` over the unchanged folder: each skipped, none with a run.
+    (A tick still being evaluated shows as STARTED; it is judged once it has finished.)"""
+    def finished_ticks():
+        return [t for t in sensor_ticks(server) if t["timestamp"] > since and t["status"] != "STARTED"]
+
     def idle():
-        ticks = [t for t in sensor_ticks(server) if t["timestamp"] > since]
+        ticks = finished_ticks()
         assert not any(t["runIds"] for t in ticks), ticks
         return len(ticks) >= count
     wait_for(idle, timeout=60, what=f"{count} sensor ticks")
-    for tick in [t for t in sensor_ticks(server) if t["timestamp"] > since]:
+    for tick in finished_ticks():
         assert tick["status"] == "SKIPPED" and "no new or changed manifest" in tick["skipReason"], tick
 
 
