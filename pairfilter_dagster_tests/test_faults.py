@@ -15,7 +15,7 @@ import duckdb
 import pytest
 
 from pairfilter_dagster.core import store
-from pairfilter_dagster.core.outputs import staged_lines
+from pairfilter_dagster.core.outputs import staged_file
 from pairfilter_dagster.defs import assets
 
 from .checkpoints import write_clip_checkpoint
@@ -70,7 +70,8 @@ def test_a_failure_before_commit_keeps_the_old_table_and_the_old_file(tmp_path):
     with store.connect(database) as conn:
         store.replace_table(conn, "filtered_samples", [])
         with pytest.raises(OSError):
-            with staged_lines(target, ["new"]) as staged:
+            with staged_file(target) as staged:
+                staged.write_line("new")
                 staged.path = tmp_path / "no-such-folder" / "out.jsonl"  # publishing fails
                 row = {"sample_id": "m:1", "manifest": "m", "line_number": 1, "images": [],
                        "image_pair_similarity": [0.5], "sample_json": "{}"}

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from pairfilter_dagster.core.outputs import dj_record, write_lines_atomically
+from pairfilter_dagster.core.outputs import dj_record, staged_file
 
 
 def test_dj_record_keeps_every_field_and_its_order_and_adds_stats():
@@ -26,21 +26,30 @@ def test_dj_record_merges_existing_stats():
     assert json.loads(dj_record(line, [0.5]))["__dj__stats__"] == {"lang_score": 0.9, "image_pair_similarity": [0.5]}
 
 
-def test_atomic_write_replaces_the_file_whole(tmp_path):
+def test_a_staged_file_appears_whole_when_published(tmp_path):
     target = tmp_path / "out" / "f.jsonl"
-    assert write_lines_atomically(target, ["a", "b"]) == 2
-    assert target.read_text() == "a\nb\n"
+    with staged_file(target) as staged:
+        staged.write_line("a")
+        staged.write_line("b")
+        assert not target.exists()  # invisible until published
+        staged.publish()
+    assert staged.lines_written == 2 and target.read_text() == "a\nb\n"
+    assert [p.name for p in target.parent.iterdir()] == ["f.jsonl"]
 
 
 def test_a_failed_write_leaves_the_previous_file_and_no_temp_files(tmp_path):
     target = tmp_path / "f.jsonl"
-    write_lines_atomically(target, ["old"])
-
-    def lines_then_failure():
-        yield "new"
-        raise RuntimeError("disk on fire")
-
+    target.write_text("old\n")
     with pytest.raises(RuntimeError):
-        write_lines_atomically(target, lines_then_failure())
+        with staged_file(target) as staged:
+            staged.write_line("new")
+            raise RuntimeError("disk on fire")
     assert target.read_text() == "old\n"
     assert [p.name for p in tmp_path.iterdir()] == ["f.jsonl"]
+
+
+def test_an_unpublished_file_is_discarded(tmp_path):
+    target = tmp_path / "f.jsonl"
+    with staged_file(target) as staged:
+        staged.write_line("never published")
+    assert not target.exists() and list(tmp_path.iterdir()) == []

@@ -5,7 +5,7 @@ import os
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterable, Iterator, Sequence
+from typing import Iterator, Sequence
 
 DJ_STATS_FIELD = "__dj__stats__"
 SIMILARITY_STAT = "image_pair_similarity"
@@ -67,20 +67,3 @@ def staged_file(path: Path) -> Iterator[StagedFile]:
         yield staged
     finally:
         staged.discard()
-
-
-@contextmanager
-def staged_lines(path: Path, lines: Iterable[str]) -> Iterator[StagedFile]:
-    """`staged_file` with `lines` already written."""
-    with staged_file(path) as staged:
-        for line in lines:
-            staged.write_line(line)
-        yield staged
-
-
-def write_lines_atomically(path: Path, lines: Iterable[str]) -> int:
-    """Write lines to a temp file beside `path`, fsync, then rename over it: readers never see half a file,
-    and a failure leaves the previous file intact. Returns the number of lines written."""
-    with staged_lines(path, lines) as staged:
-        staged.publish()
-    return staged.lines_written
