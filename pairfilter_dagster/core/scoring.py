@@ -128,7 +128,6 @@ class PairScorer:
         self.report = ScoringReport()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pairfilter-decode")
         self._started = time.perf_counter()
-        self._refs_before_chunk = 0
 
     def __enter__(self) -> "PairScorer":
         return self
@@ -159,7 +158,6 @@ class PairScorer:
         r.decode_failures += len(errors)
         for row in rows:
             r.status_counts[row.status] = r.status_counts.get(row.status, 0) + 1
-        self._refs_before_chunk = r.image_refs
         self._tick(float(r.image_refs))
         return rows
 
@@ -185,7 +183,7 @@ class PairScorer:
                 hashes.clear()
                 pixels.clear()
                 done = (len(embeddings) + len(errors)) / len(todo)
-                self._tick(self._refs_before_chunk + done * chunk_refs)
+                self._tick(self.report.image_refs + done * chunk_refs)  # image_refs: chunks before this one
 
         for content_hash, prepared in self._prepared(todo):
             if isinstance(prepared, str):

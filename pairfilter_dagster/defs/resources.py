@@ -45,8 +45,8 @@ class ClipModel(dg.ConfigurableResource):
     batch_size: int = Field(default=32, ge=1, description="Images per forward pass.")
     compile: bool = Field(
         default=False,
-        description="torch.compile the image tower: about 15% faster on CPU after a ~30 s compile per run; "
-        "worth it for large runs.",
+        description="torch.compile the image tower: about 7% more pairs/s on CPU in the benchmark, after a "
+        "compile of up to ~30 s per run; worth it for large runs.",
     )
     decode_workers: int = Field(
         default=2, ge=1, description="Threads that decode and preprocess images while the model runs."
