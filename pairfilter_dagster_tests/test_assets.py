@@ -10,6 +10,8 @@ from pairfilter_dagster.core.embedding import ModelLoadError
 from pairfilter_dagster.defs import assets, checks
 from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage
 
+from .runs import materialize_all_shards
+
 ASSETS = [assets.raw_samples, assets.image_pair_stats, assets.filtered_samples]
 CHECKS = dg.load_asset_checks_from_modules([checks])
 EDGE_CASES = {
@@ -21,8 +23,9 @@ EDGE_CASES = {
 
 
 def run(selection, data_dir, clip_dir, filter_config=None, *, storage_options=None, **kwargs):
-    return dg.materialize(
+    return materialize_all_shards(
         [*selection, *CHECKS] if kwargs.pop("with_checks", True) else selection,
+        data_dir,
         resources={"clip": ClipModel(hf_clip=str(clip_dir), batch_size=4),
                    "storage": PairfilterStorage(data_dir=str(data_dir), **(storage_options or {}))},
         run_config={"ops": {"filtered_samples": {"config": filter_config}}} if filter_config else None,
@@ -46,8 +49,12 @@ def step_failure(result):
 
 
 def metadata(result, asset_name):
-    (event,) = [e for e in result.get_asset_materialization_events() if e.asset_key.path == [asset_name]]
-    return {key: value.value for key, value in event.materialization.metadata.items()}
+    """The metadata of the asset's materialization: one event, or one per shard of a run over several shards
+    (each with the run's metadata)."""
+    events = [e for e in result.get_asset_materialization_events() if e.asset_key.path == [asset_name]]
+    found = [{key: value.value for key, value in e.materialization.metadata.items()} for e in events]
+    assert found and all(m == found[0] for m in found)
+    return found[0]
 
 
 @pytest.fixture
@@ -96,7 +103,7 @@ def test_whole_pipeline_on_the_bundled_data(scored):
 
     raw_meta, stats_meta, filtered_meta = (metadata(result, a) for a in
                                            ("raw_samples", "image_pair_stats", "filtered_samples"))
-    assert raw_meta["dagster/row_count"] == 13 and raw_meta["manifests_read"] == 2
+    assert raw_meta["dagster/row_count"] == 13 and raw_meta["shards"] == 2
     assert stats_meta["dagster/row_count"] == 13
     assert [c.name for c in stats_meta["dagster/column_schema"].columns][:5] == [
         "sample_id", "manifest", "line_number", "images", "image_pair_similarity"]

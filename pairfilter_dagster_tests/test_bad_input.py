@@ -137,7 +137,7 @@ def test_the_run_succeeds_without_network_and_every_count_reconciles(bad_run):
     expected["ok"] = len(UNUSUAL_PAIRS)
     stats_meta = metadata(result, "image_pair_stats")
     assert {s: stats_meta[f"status_{s}"] for s in expected} == expected
-    assert metadata(result, "raw_samples")["manifests_read"] == 3
+    assert metadata(result, "raw_samples")["shards"] == 3
 
     reconciliation = {k: v.value for k, v in checks["every_sample_accounted_for"].metadata.items()}
     lines = len(BAD_LINES) + len(UNUSUAL_PAIRS)

@@ -11,10 +11,12 @@ import dagster as dg
 import duckdb
 
 from pairfilter_dagster.definitions import defs
+from pairfilter_dagster.defs.partitions import DUCKDB_POOL, MANIFEST_SHARDS, all_shards_tags
 
 from .conftest import REPO
 
 DAGSTER = str(Path(sys.executable).parent / "dagster")
+PAIRFILTER_MATERIALIZE = str(Path(sys.executable).parent / "pairfilter-materialize")
 
 
 def test_definitions_load_without_torch_or_transformers():
@@ -42,38 +44,62 @@ def test_assets_lineage_checks_and_resources_are_wired():
     assert set(defs.resources) == {"clip", "storage"}
 
 
-def test_daily_schedule_requests_a_valid_run_of_the_job():
+def test_daily_schedule_runs_every_registered_shard_in_one_run_and_skips_without_shards():
     schedule = defs.resolve_schedule_def("pairfilter_daily")
     assert schedule.cron_schedule == "0 3 * * *" and schedule.job_name == "pairfilter_job"
-    context = dg.build_schedule_context(scheduled_execution_time=datetime(2026, 11, 25, 3, tzinfo=timezone.utc))
-    (request,) = schedule.evaluate_tick(context).run_requests
+    at = datetime(2026, 11, 25, 3, tzinfo=timezone.utc)
+    with dg.instance_for_test() as instance:
+        empty = schedule.evaluate_tick(dg.build_schedule_context(instance=instance, scheduled_execution_time=at))
+        assert not empty.run_requests and "no shard partitions" in empty.skip_message
+        instance.add_dynamic_partitions(MANIFEST_SHARDS.name, ["b.jsonl", "a/x.jsonl", "c.jsonl"])
+        context = dg.build_schedule_context(instance=instance, scheduled_execution_time=at)
+        (request,) = schedule.evaluate_tick(context).run_requests
+    assert all_shards_tags(["b.jsonl", "a/x.jsonl", "c.jsonl"]).items() <= request.tags.items()  # first to last
     job = defs.resolve_job_def("pairfilter_job")
     assert dg.validate_run_config(job, request.run_config) is not None
 
 
-def test_headless_cli_materializes_everything(bundled_data_dir, tiny_clip_dir, tmp_path):
+def test_pairfilter_materialize_runs_every_shard_and_the_dataset_in_one_run(bundled_data_dir, tiny_clip_dir, tmp_path):
     home = tmp_path / "dagster_home"
     home.mkdir()
     env = {**os.environ, "PAIRFILTER_DATA_DIR": str(bundled_data_dir), "PAIRFILTER_HF_CLIP": str(tiny_clip_dir),
            "DAGSTER_HOME": str(home)}
-    config = json.dumps({"ops": {"filtered_samples": {"config": {"min_score": 0.0, "max_score": 1.0}}}})
-    done = subprocess.run(
-        [DAGSTER, "asset", "materialize", "--select", "*", "-m", "pairfilter_dagster.definitions",
-         "--config-json", config],
-        cwd=REPO, env=env, capture_output=True, text=True, timeout=300,
-    )
+    config = tmp_path / "thresholds.yaml"
+    config.write_text("ops:\n  filtered_samples:\n    config: {min_score: 0.0, max_score: 1.0}\n")
+    done = subprocess.run([PAIRFILTER_MATERIALIZE, "-c", str(config)], cwd=tmp_path, env=env,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "RUN_SUCCESS" in done.stderr
+    assert "2 shards" in done.stdout and "succeeded" in done.stdout
     with duckdb.connect(str(bundled_data_dir / "pairfilter.duckdb"), read_only=True) as conn:
         assert conn.execute("SELECT count(*) FROM image_pair_stats").fetchone()[0] == 13
         ok = conn.execute("SELECT count(*) FROM image_pair_stats WHERE status = 'ok'").fetchone()[0]
     lines = (bundled_data_dir / "output" / "filtered_samples.jsonl").read_text().splitlines()
     assert len(lines) == ok == 9  # min_score 0: every scored sample of the tiny model is kept
 
+    # The run is recorded in DAGSTER_HOME, with one materialization per shard, as `dagster dev` then shows it.
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        assert sorted(instance.get_dynamic_partitions(MANIFEST_SHARDS.name)) == ["more/edge_cases.jsonl", "pairs.jsonl"]
+        (run,) = instance.get_runs()
+        assert run.job_name == "pairfilter_job" and run.status == dg.DagsterRunStatus.SUCCESS
+        materialized = instance.get_materialized_partitions(dg.AssetKey("image_pair_stats"))
+    assert materialized == {"more/edge_cases.jsonl", "pairs.jsonl"}
 
-def test_the_shipped_instance_config_queues_pipeline_runs_one_at_a_time(tmp_path):
+    # A removed manifest: its partition and its rows go, and the dataset is rebuilt without it.
+    (bundled_data_dir / "raw" / "more" / "edge_cases.jsonl").unlink()
+    done = subprocess.run([PAIRFILTER_MATERIALIZE], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "1 shards" in done.stdout and "deleted: 1" in done.stdout
+    with duckdb.connect(str(bundled_data_dir / "pairfilter.duckdb"), read_only=True) as conn:
+        assert conn.execute("SELECT DISTINCT manifest FROM image_pair_stats").fetchall() == [("pairs.jsonl",)]
+        assert conn.execute("SELECT count(*) FROM raw_samples").fetchone()[0] == 9
+
+
+def test_the_shipped_instance_config_gives_duckdb_writing_steps_one_slot(tmp_path):
     (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
-        limits = instance.run_coordinator.get_run_queue_config().tag_concurrency_limits
-    assert limits == [{"key": "pairfilter/writes", "limit": 1}]
-    assert defs.resolve_job_def("pairfilter_job").tags["pairfilter/writes"] == "tables"
+        pools = instance.get_concurrency_config().pool_config
+    assert pools.default_pool_limit == 1 and pools.pool_granularity.value == "op"
+    writers = {key: defs.resolve_assets_def(key).op.pool for key in ("raw_samples", "image_pair_stats",
+                                                                      "filtered_samples")}
+    assert writers == dict.fromkeys(writers, DUCKDB_POOL)

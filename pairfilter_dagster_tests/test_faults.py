@@ -11,12 +11,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+import dagster as dg
 import duckdb
 import pytest
 
 from pairfilter_dagster.core import store
 from pairfilter_dagster.core.outputs import staged_file
 from pairfilter_dagster.defs import assets
+from pairfilter_dagster.defs.partitions import MANIFEST_SHARDS
 
 from .checkpoints import write_clip_checkpoint
 from .conftest import REPO
@@ -101,16 +103,17 @@ def test_a_failed_run_leaves_the_previous_outputs_intact(bundled_data_dir, tiny_
     assert sorted(p.name for p in (bundled_data_dir / "output").iterdir()) == ["filtered_samples.jsonl"]
 
 
-def start_cli_run(data_dir, clip_dir, home, log_path):
+def start_shard_run(data_dir, clip_dir, home, log_path, shard):
+    """`dagster asset materialize` of one shard's two assets, in a process of its own."""
     home.mkdir()
+    with dg.DagsterInstance.from_config(str(home)) as instance:
+        instance.add_dynamic_partitions(MANIFEST_SHARDS.name, [shard])
     env = {**os.environ, "PAIRFILTER_DATA_DIR": str(data_dir), "PAIRFILTER_HF_CLIP": str(clip_dir),
            "DAGSTER_HOME": str(home)}
-    config = {"execution": {"config": {"in_process": {}}},
-              "ops": {"filtered_samples": {"config": {"min_score": 0.0}}}}
     with open(log_path, "w") as log:
         return subprocess.Popen(
-            [DAGSTER, "asset", "materialize", "--select", "*", "-m", "pairfilter_dagster.definitions",
-             "--config-json", json.dumps(config)],
+            [DAGSTER, "asset", "materialize", "--select", "raw_samples,image_pair_stats", "--partition", shard,
+             "-m", "pairfilter_dagster.definitions"],
             cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
         )
 
@@ -124,10 +127,11 @@ def wait_until_both_report_waiting(runs, logs, give_up_after=300):
         time.sleep(0.2)
 
 
-def test_two_runs_at_once_take_turns_and_leave_a_consistent_store(bundled_data_dir, tiny_clip_dir, tmp_path):
+def test_two_shard_runs_at_once_take_turns_and_lose_no_write(bundled_data_dir, tiny_clip_dir, tmp_path):
     # One DAGSTER_HOME each: two CLI processes creating their first run in one SQLite instance at the same moment
     # race on Dagster's own snapshot table (an IntegrityError in Dagster's storage, not ours; `dagster dev`
     # creates runs from its one webserver process). What is shared here, and tested, is the data folder.
+    shards = ["pairs.jsonl", "more/edge_cases.jsonl"]
     homes = [tmp_path / "home1", tmp_path / "home2"]
     logs = [tmp_path / "run1.log", tmp_path / "run2.log"]
     database = bundled_data_dir / "pairfilter.duckdb"
@@ -135,7 +139,8 @@ def test_two_runs_at_once_take_turns_and_leave_a_consistent_store(bundled_data_d
     # Both runs start while a third process holds the write lock, so both must wait, then contend with each
     # other when it is released.
     with lock_held_by_another_process(database, "write"):
-        runs = [start_cli_run(bundled_data_dir, tiny_clip_dir, home, log) for home, log in zip(homes, logs)]
+        runs = [start_shard_run(bundled_data_dir, tiny_clip_dir, home, log, shard)
+                for home, log, shard in zip(homes, logs, shards)]
         wait_until_both_report_waiting(runs, logs)
         assert [run.poll() for run in runs] == [None, None], [log.read_text()[-4000:] for log in logs]
     assert [run.wait(timeout=300) for run in runs] == [0, 0], [log.read_text()[-3000:] for log in logs]
@@ -144,12 +149,16 @@ def test_two_runs_at_once_take_turns_and_leave_a_consistent_store(bundled_data_d
         text = log.read_text()
         assert "RUN_SUCCESS" in text and "Waiting for another process" in text
         checks = re.findall(r"ASSET_CHECK_EVALUATION - Asset check '(\w+)' on '\w+' (passed|failed)", text)
-        assert len(checks) == 4 and {outcome for _, outcome in checks} == {"passed"}
-    with duckdb.connect(str(database), read_only=True) as conn:
-        ids = conn.execute("SELECT sample_id FROM image_pair_stats").fetchall()
-        assert len(ids) == len(set(ids)) == 13
-        assert conn.execute("SELECT count(*) FROM raw_samples").fetchone()[0] == 13
-        ok = conn.execute("SELECT count(*) FROM image_pair_stats WHERE status = 'ok'").fetchone()[0]
-        table = conn.execute("SELECT sample_json FROM filtered_samples ORDER BY manifest, line_number").fetchall()
+        assert len(checks) == 2 and {outcome for _, outcome in checks} == {"passed"}
+    with duckdb.connect(str(database), read_only=True) as conn:  # each shard's rows, once: no write was lost
+        for table in ("raw_samples", "image_pair_stats"):
+            assert conn.execute(f"SELECT manifest, count(*), count(DISTINCT sample_id) FROM {table} "
+                                "GROUP BY manifest ORDER BY manifest").fetchall() == [
+                ("more/edge_cases.jsonl", 4, 4), ("pairs.jsonl", 9, 9)]
+
+    refiltered = run([assets.filtered_samples], bundled_data_dir, tiny_clip_dir, {"min_score": 0.0})
+    assert refiltered.success and all(check.passed for check in refiltered.get_asset_check_evaluations())
+    ok = query(bundled_data_dir, "SELECT count(*) FROM image_pair_stats WHERE status = 'ok'")[0][0]
+    table = query(bundled_data_dir, "SELECT sample_json FROM filtered_samples ORDER BY manifest, line_number")
     output = read_jsonl(bundled_data_dir / "output" / "filtered_samples.jsonl")
     assert len(output) == len(table) == ok == 9 and [json.loads(line) for (line,) in table] == output

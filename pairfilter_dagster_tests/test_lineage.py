@@ -1,9 +1,12 @@
 """Column lineage and data versions: what lets the UI say where a column comes from and what is stale."""
 
+import json
+
 import dagster as dg
 
 from pairfilter_dagster.defs import assets
 from pairfilter_dagster.core import store
+from pairfilter_dagster.defs.partitions import MANIFEST_SHARDS
 from pairfilter_dagster.defs.lineage import filtered_samples_lineage, image_pair_stats_lineage, table_data_version
 from pairfilter_dagster.defs.resources import PairfilterStorage
 
@@ -23,17 +26,24 @@ def test_the_score_column_flows_from_the_stats_table_into_the_filtered_dataset()
     assert deps(image_pair_stats_lineage())["image_pair_similarity"] == {"raw_samples.images"}
 
 
-def raw_samples_version(data_dir) -> str:
-    result = dg.materialize([assets.raw_samples], resources={"storage": PairfilterStorage(data_dir=str(data_dir))})
+def raw_samples_version(data_dir, shard: str) -> str:
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(MANIFEST_SHARDS.name, [shard])
+    result = dg.materialize([assets.raw_samples], instance=instance, partition_key=shard,
+                            resources={"storage": PairfilterStorage(data_dir=str(data_dir))})
     (event,) = result.asset_materializations_for_node("raw_samples")
+    assert event.partition == shard
     return event.tags["dagster/data_version"]
 
 
-def test_raw_samples_data_version_follows_the_manifests_not_the_run(bundled_data_dir):
-    first = raw_samples_version(bundled_data_dir)
-    assert raw_samples_version(bundled_data_dir) == first  # nothing new: downstream stays fresh
+def test_a_shards_data_version_follows_its_manifest_not_the_run(bundled_data_dir):
+    first = raw_samples_version(bundled_data_dir, "pairs.jsonl")
+    assert raw_samples_version(bundled_data_dir, "pairs.jsonl") == first  # nothing new: downstream stays fresh
     write_manifest(bundled_data_dir / "raw" / "new.jsonl", [{"images": ["../images/cat.jpg", "../images/img3.jpg"]}])
-    assert raw_samples_version(bundled_data_dir) != first  # new samples: downstream shows "upstream data changed"
+    assert raw_samples_version(bundled_data_dir, "pairs.jsonl") == first  # another shard changed, not this one
+    with open(bundled_data_dir / "raw" / "pairs.jsonl", "a") as manifest:
+        manifest.write(json.dumps({"images": ["../images/cat.jpg", "../images/img3.jpg"]}) + "\n")
+    assert raw_samples_version(bundled_data_dir, "pairs.jsonl") != first  # "upstream data changed" downstream
 
 
 def test_table_data_version_changes_with_any_row_or_the_extra_text(tmp_path):

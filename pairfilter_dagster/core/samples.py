@@ -91,13 +91,23 @@ def find_manifests(raw_dir: Path) -> list[Path]:
     return sorted(raw_dir.rglob(MANIFEST_GLOB), key=lambda p: p.relative_to(raw_dir).as_posix())
 
 
-def read_samples(raw_dir: Path, rules: SampleRules | None = None) -> Iterator[Sample]:
-    """All samples of all manifests under `raw_dir`, in input order. Default rules: `exactly_two` pairing,
-    images confined to the data folder (the folder holding `raw_dir`)."""
+def manifest_name(raw_dir: Path, path: Path) -> str:
+    """A manifest's path relative to raw/, in POSIX form: its shard name, partition key and `manifest` column."""
+    return Path(path).relative_to(raw_dir).as_posix()
+
+
+def read_samples(
+    raw_dir: Path, rules: SampleRules | None = None, shards: Sequence[str] | None = None
+) -> Iterator[Sample]:
+    """All samples of the manifests under `raw_dir` (of the named `shards` only, if given; a shard whose file is
+    gone has no samples), in input order. Default rules: `exactly_two` pairing, images confined to the data
+    folder (the folder holding `raw_dir`)."""
     raw_dir = Path(raw_dir)
     rules = rules or SampleRules.for_data_dir(raw_dir.parent)
     for manifest_path in find_manifests(raw_dir):
-        yield from read_manifest(manifest_path, manifest_path.relative_to(raw_dir).as_posix(), rules)
+        name = manifest_name(raw_dir, manifest_path)
+        if shards is None or name in shards:
+            yield from read_manifest(manifest_path, name, rules)
 
 
 def read_manifest(path: Path, manifest: str, rules: SampleRules) -> Iterator[Sample]:

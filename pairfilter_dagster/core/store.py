@@ -1,8 +1,9 @@
 """The DuckDB store: one embedded database file holding the pipeline's tables.
 
-Tables are replaced whole inside one transaction, so a reader sees the old table or the new one, never half of
-either, and a failed write leaves the old table in place. DuckDB lets one process write at a time; `connect`
-waits for the lock instead of failing, so concurrent runs take turns.
+Tables (or, for the shard-partitioned tables, the rows of some shards) are replaced inside one transaction, so a
+reader sees the old rows or the new ones, never half of either, and a failed write leaves the old rows in place.
+A shard is a manifest: its path relative to raw/, the `manifest` column. DuckDB lets one process write at a time;
+`connect` waits for the lock instead of failing, so concurrent runs take turns.
 """
 
 import time
@@ -19,7 +20,7 @@ Column = tuple[str, str, str]
 
 SAMPLE_COLUMNS: list[Column] = [
     ("sample_id", "VARCHAR", "`<manifest path relative to raw/>:<1-based line number>`"),
-    ("manifest", "VARCHAR", "manifest path relative to raw/"),
+    ("manifest", "VARCHAR", "manifest path relative to raw/: the shard, and the partition key in Dagster"),
     ("line_number", "INTEGER", "1-based line number in the manifest"),
     ("images", "VARCHAR[]", "image paths, resolved against the manifest's folder"),
 ]
@@ -122,23 +123,32 @@ def replace_table_in_chunks(
     chunks: Iterable[Sequence[Any]],
     *,
     before_commit: Callable[[], None] | None = None,
+    shards: Sequence[str] | None = None,
 ) -> int:
-    """Replace `table` with rows arriving in chunks, inside one transaction: memory holds one chunk at a time,
-    readers see the old table until the last chunk is in, and a failure (or a kill) leaves the old table.
-    `before_commit` runs inside the transaction, last: if it raises, the old table stays (used to publish a
-    file together with its table)."""
+    """Replace `table` (or, given `shards`, only the rows of those manifests) with rows arriving in chunks, inside
+    one transaction: memory holds one chunk at a time, readers see the old rows until the last chunk is in, and a
+    failure (or a kill) leaves the old rows. `before_commit` runs inside the transaction, last: if it raises, the
+    old rows stay (used to publish a file together with its table)."""
     columns = TABLES[table]
     names = [name for name, _, _ in columns]
-    definition = ", ".join(f'"{name}" {sql_type}' for name, sql_type, _ in columns)
+    definition = ", ".join(f'"{name}" {sql_type}' for name, sql_type, _ in columns)  # shards=None: a new table
     select = ", ".join(f'CAST("{name}" AS {sql_type})' for name, sql_type, _ in columns)
     written = 0
     conn.execute("BEGIN TRANSACTION")
     try:
-        conn.execute(f'CREATE OR REPLACE TABLE "{table}" ({definition})')
+        if shards is None:
+            conn.execute(f'CREATE OR REPLACE TABLE "{table}" ({definition})')
+        else:
+            ensure_table(conn, table)
+            where, params = shard_filter(shards)
+            conn.execute(f'DELETE FROM "{table}" {where}', params)
         for chunk in chunks:
             if not chunk:
                 continue
             frame = columns_frame(chunk, names)
+            unexpected = set(frame["manifest"]) - set(shards) if shards is not None and "manifest" in frame else ()
+            if unexpected:
+                raise ValueError(f"rows of shards {sorted(unexpected)} written to {table} while replacing {shards}")
             conn.register("incoming_rows", frame)
             try:
                 conn.execute(f'INSERT INTO "{table}" SELECT {select} FROM incoming_rows')
@@ -152,6 +162,42 @@ def replace_table_in_chunks(
         conn.execute("ROLLBACK")
         raise
     return written
+
+
+def ensure_table(conn: duckdb.DuckDBPyConnection, table: str) -> None:
+    """Create `table` empty if it does not exist; refuse one written by another version of the schema (its other
+    shards' rows would not fit)."""
+    definition = ", ".join(f'"{name}" {sql_type}' for name, sql_type, _ in TABLES[table])
+    conn.execute(f'CREATE TABLE IF NOT EXISTS "{table}" ({definition})')
+    found = [row[0] for row in conn.execute(f'DESCRIBE "{table}"').fetchall()]
+    expected = [name for name, _, _ in TABLES[table]]
+    if found != expected:
+        raise RuntimeError(
+            f"table {table!r} has columns {found}, this version writes {expected}: materialize every shard again "
+            f"(`pairfilter-materialize`) after dropping the table, or use a new data folder"
+        )
+
+
+def delete_shards(conn: duckdb.DuckDBPyConnection, tables: Sequence[str], shards: Sequence[str]) -> int:
+    """Delete the rows of `shards` from `tables` in one transaction; returns the rows deleted."""
+    deleted = 0
+    where, params = shard_filter(shards)
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        for table in tables:
+            if table_exists(conn, table):
+                deleted += conn.execute(f'DELETE FROM "{table}" {where}', params).fetchone()[0]
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+    return deleted
+
+
+def stored_shards(conn: duckdb.DuckDBPyConnection, table: str) -> list[str]:
+    if not table_exists(conn, table):
+        return []
+    return [row[0] for row in conn.execute(f'SELECT DISTINCT manifest FROM "{table}" ORDER BY 1').fetchall()]
 
 
 def columns_frame(rows: Sequence[Any], names: Sequence[str]) -> pd.DataFrame:
@@ -168,30 +214,50 @@ def table_exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
     return bool(found and found[0])
 
 
-def read_rows(conn: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str] | None = None) -> list[dict]:
-    """Rows of `table` as dicts, in input order (manifest path, then line number); all columns by default."""
-    return [row for chunk in iter_chunks(conn, table, columns) for row in chunk]
+def read_rows(
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    columns: Sequence[str] | None = None,
+    shards: Sequence[str] | None = None,
+) -> list[dict]:
+    """Rows of `table` (of `shards` only, if given) as dicts, in input order (manifest path, then line number);
+    all columns by default."""
+    return [row for chunk in iter_chunks(conn, table, columns, shards=shards) for row in chunk]
 
 
 def iter_chunks(
-    conn: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str] | None = None, chunk_size: int = 2048
+    conn: duckdb.DuckDBPyConnection,
+    table: str,
+    columns: Sequence[str] | None = None,
+    chunk_size: int = 2048,
+    shards: Sequence[str] | None = None,
 ) -> Iterator[list[dict]]:
-    """Rows of `table` as dicts in input order, streamed in chunks (use a cursor of its own: other statements on
-    the same connection would end the stream)."""
+    """Rows of `table` (of `shards` only, if given) as dicts in input order, streamed in chunks (use a cursor of
+    its own: other statements on the same connection would end the stream)."""
     if not table_exists(conn, table):
         raise LookupError(f"table {table!r} does not exist yet: materialize it first")
     columns = list(columns or [name for name, _, _ in TABLES[table]])
     selected = ", ".join(f'"{name}"' for name in columns)
-    result = conn.execute(f'SELECT {selected} FROM "{table}" ORDER BY {INPUT_ORDER}')
+    where, params = shard_filter(shards)
+    result = conn.execute(f'SELECT {selected} FROM "{table}" {where} ORDER BY {INPUT_ORDER}', params)
     while rows := result.fetchmany(chunk_size):
         yield [dict(zip(columns, row)) for row in rows]
 
 
-def table_fingerprint(conn: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str]) -> tuple[int, int]:
-    """(row count, XOR of the rows' hashes over `columns`): changes when any row does."""
+def shard_filter(shards: Sequence[str] | None) -> tuple[str, list]:
+    """A WHERE clause (and its parameters) selecting the rows of `shards`; none selects every row."""
+    return ("", []) if shards is None else ("WHERE list_contains(?, manifest)", [list(shards)])
+
+
+def table_fingerprint(
+    conn: duckdb.DuckDBPyConnection, table: str, columns: Sequence[str], shards: Sequence[str] | None = None
+) -> tuple[int, int]:
+    """(row count, XOR of the rows' hashes over `columns`), over the rows of `shards` if given: changes when any
+    of those rows does."""
     row = ", ".join(f'"{name}"' for name in columns)  # one string per row: hash() of several values mixes weakly
+    where, params = shard_filter(shards)
     count, fingerprint = conn.execute(
-        f'SELECT count(*), coalesce(bit_xor(hash(concat_ws(chr(31), {row}))), 0) FROM "{table}"'
+        f'SELECT count(*), coalesce(bit_xor(hash(concat_ws(chr(31), {row}))), 0) FROM "{table}" {where}', params
     ).fetchone()
     return count, int(fingerprint)
 

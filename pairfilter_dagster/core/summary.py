@@ -8,6 +8,8 @@ from typing import Mapping, Sequence
 
 import duckdb
 
+from .store import shard_filter
+
 BIN_WIDTH = 0.1
 BINS = int(round(2.0 / BIN_WIDTH))  # scores lie in [-1, 1]
 BAR_WIDTH = 30
@@ -22,17 +24,21 @@ class ScoreSummary:
     """Scores per bin of width BIN_WIDTH, from -1 upwards; 1.0 falls in the last bin."""
 
 
-def summarize_scores(conn: duckdb.DuckDBPyConnection, table: str) -> ScoreSummary:
-    scores = f'"{table}", unnest(image_pair_similarity) AS t(s)'
+def summarize_scores(
+    conn: duckdb.DuckDBPyConnection, table: str, shards: Sequence[str] | None = None
+) -> ScoreSummary:
+    """The scores of `table` (of `shards` only, if given)."""
+    where, params = shard_filter(shards)
+    scores = f'"{table}", unnest(image_pair_similarity) AS t(s) {where}'
     count, low, mean, median, high = conn.execute(
-        f"SELECT count(s), min(s), avg(s), median(s), max(s) FROM {scores}"
+        f"SELECT count(s), min(s), avg(s), median(s), max(s) FROM {scores}", params
     ).fetchone()
     summary = ScoreSummary(count=count)
     if count:
         summary.statistics = {"min": low, "mean": mean, "median": median, "max": high}
         for b, n in conn.execute(
             f"SELECT least(greatest(floor((s + 1) / {BIN_WIDTH})::INTEGER, 0), {BINS - 1}) AS b, count(*) "
-            f"FROM {scores} GROUP BY b"
+            f"FROM {scores} GROUP BY b", params
         ).fetchall():
             summary.bin_counts[b] = n
     return summary

@@ -4,7 +4,7 @@ Each function holds one chunk of rows in memory at a time and replaces its table
 
 from collections import Counter
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable, Iterator, Sequence
 
 import duckdb
 
@@ -14,7 +14,7 @@ from .embedding import ClipEmbedder
 from .filtering import FilterSettings, keep_flags
 from .images import DEFAULT_MAX_IMAGE_PIXELS
 from .outputs import StagedFile, dj_record, staged_file
-from .samples import Sample
+from .samples import Sample, find_manifests, manifest_name
 from .scoring import DEFAULT_CHUNK_SIZE, DEFAULT_WORKERS, PairScorer, ProgressCallback, ScoringReport, chunked
 from .status import Status
 
@@ -24,9 +24,13 @@ TABLE_CHUNK_SIZE = 10_000
 
 
 def build_raw_samples(
-    conn: duckdb.DuckDBPyConnection, samples: Iterable[Sample], chunk_size: int = TABLE_CHUNK_SIZE
+    conn: duckdb.DuckDBPyConnection,
+    samples: Iterable[Sample],
+    chunk_size: int = TABLE_CHUNK_SIZE,
+    shards: Sequence[str] | None = None,
 ) -> Counter:
-    """Replace `raw_samples` with the samples; returns the count per status."""
+    """Replace `raw_samples` (only the rows of `shards`, if given) with the samples; returns the count per
+    status."""
     counts: Counter = Counter()
 
     def rows_in_chunks() -> Iterator[list[dict]]:
@@ -34,13 +38,16 @@ def build_raw_samples(
             counts.update(s.status.value for s in chunk)
             yield [s.as_row() for s in chunk]
 
-    store.replace_table_in_chunks(conn, "raw_samples", rows_in_chunks())
+    store.replace_table_in_chunks(conn, "raw_samples", rows_in_chunks(), shards=shards)
     return counts
 
 
-def image_refs_to_score(conn: duckdb.DuckDBPyConnection) -> int:
-    """How many image references the ok samples of `raw_samples` hold (the progress total)."""
-    return conn.execute("SELECT coalesce(sum(len(images)), 0) FROM raw_samples WHERE status = 'ok'").fetchone()[0]
+def image_refs_to_score(conn: duckdb.DuckDBPyConnection, shards: Sequence[str] | None = None) -> int:
+    """How many image references the ok samples of `raw_samples` (of `shards`) hold (the progress total)."""
+    where, params = store.shard_filter(shards)
+    return conn.execute(
+        f"SELECT coalesce(sum(len(images)) FILTER (status = 'ok'), 0) FROM raw_samples {where}", params
+    ).fetchone()[0]
 
 
 def build_image_pair_stats(
@@ -52,8 +59,10 @@ def build_image_pair_stats(
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     on_progress: ProgressCallback | None = None,
+    shards: Sequence[str] | None = None,
 ) -> ScoringReport:
-    """Score every sample of `raw_samples` into `image_pair_stats`, through the persistent embedding cache."""
+    """Score every sample of `raw_samples` (of `shards` only, if given) into `image_pair_stats`, through the
+    persistent embedding cache; only those shards' rows are replaced."""
     cache = EmbeddingCache(conn.cursor(), embedder.model_key)
     with PairScorer(
         embedder, cache, batch_size=batch_size, workers=workers, max_image_pixels=max_image_pixels,
@@ -61,9 +70,9 @@ def build_image_pair_stats(
     ) as scorer:
         sample_chunks = (
             [Sample.from_row(row) for row in rows]
-            for rows in store.iter_chunks(conn.cursor(), "raw_samples", chunk_size=chunk_size)
+            for rows in store.iter_chunks(conn.cursor(), "raw_samples", chunk_size=chunk_size, shards=shards)
         )
-        store.replace_table_in_chunks(conn, "image_pair_stats", scorer.score_all(sample_chunks))
+        store.replace_table_in_chunks(conn, "image_pair_stats", scorer.score_all(sample_chunks), shards=shards)
     return scorer.report
 
 
@@ -97,3 +106,17 @@ def build_filtered_samples(
             conn, "filtered_samples", kept_in_chunks(conn.cursor(), jsonl), before_commit=jsonl.publish
         )
     return counts
+
+
+def prune_removed_manifests(conn: duckdb.DuckDBPyConnection, raw_dir: Path) -> list[str]:
+    """Delete from `raw_samples` and `image_pair_stats` the rows of shards whose manifest file is gone from
+    `raw_dir`: the whole dataset is built from the manifests that exist. Creates both tables, empty, where no
+    shard has been materialized yet. Returns the shards removed."""
+    for table in ("raw_samples", "image_pair_stats"):
+        store.ensure_table(conn, table)
+    on_disk = {manifest_name(raw_dir, path) for path in find_manifests(raw_dir)}
+    stored = set(store.stored_shards(conn, "raw_samples")) | set(store.stored_shards(conn, "image_pair_stats"))
+    removed = sorted(stored - on_disk)
+    if removed:
+        store.delete_shards(conn, ["raw_samples", "image_pair_stats"], removed)
+    return removed

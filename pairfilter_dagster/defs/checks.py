@@ -1,15 +1,18 @@
 """Asset checks: the stats table is sane and complete; the filtered dataset obeys the thresholds it was built with.
 
-The stats checks are blocking: a bad stats table never reaches the filtered dataset."""
+The stats checks are blocking: a bad stats table never reaches the filtered dataset. They look at the shards of
+the run they belong to (one, or every shard of a backfill); the filtered dataset's checks look at every shard."""
 
 import json
 
 import dagster as dg
 
+from ..core import store
 from ..core.filtering import keep_sample
 from ..core.outputs import DJ_STATS_FIELD, SIMILARITY_STAT
+from ..core.samples import count_lines, find_manifests, manifest_name
 from ..core.status import Status
-from .assets import filtered_samples, image_pair_stats, raw_samples, status_count_metadata
+from .assets import filtered_samples, image_pair_stats, status_count_metadata
 from .config import recorded_filter_settings
 from .resources import PairfilterStorage
 
@@ -19,15 +22,19 @@ from .resources import PairfilterStorage
     blocking=True,
     description="Every score is finite and within [-1, 1]; every ok sample has one score per image pair.",
 )
-def scores_finite_and_in_range(storage: PairfilterStorage) -> dg.AssetCheckResult:
+def scores_finite_and_in_range(
+    context: dg.AssetCheckExecutionContext, storage: PairfilterStorage
+) -> dg.AssetCheckResult:
+    where, params = store.shard_filter(context.partition_keys)
+    stats = f"(FROM image_pair_stats {where})"
     with storage.connect(read_only=True) as conn:
         bad = conn.execute(
-            "SELECT sample_id, s FROM image_pair_stats, unnest(image_pair_similarity) AS t(s) "
-            "WHERE NOT isfinite(s) OR s < -1 OR s > 1 ORDER BY manifest, line_number"
+            f"SELECT sample_id, s FROM {stats}, unnest(image_pair_similarity) AS t(s) "
+            "WHERE NOT isfinite(s) OR s < -1 OR s > 1 ORDER BY manifest, line_number", params
         ).fetchall()
         ok_without_scores = conn.execute(  # one score per pair, and at least one pair
-            "SELECT count(*) FROM image_pair_stats WHERE status = 'ok' "
-            "AND (len(image_pair_similarity) = 0 OR len(image_pair_similarity) != len(image_pairs))"
+            f"SELECT count(*) FROM {stats} WHERE status = 'ok' "
+            "AND (len(image_pair_similarity) = 0 OR len(image_pair_similarity) != len(image_pairs))", params
         ).fetchone()[0]
     return dg.AssetCheckResult(
         passed=not bad and ok_without_scores == 0,
@@ -43,17 +50,21 @@ def scores_finite_and_in_range(storage: PairfilterStorage) -> dg.AssetCheckResul
     asset=image_pair_stats,
     blocking=True,
     additional_deps=["raw_samples"],
-    description="One stats row per ingested sample: same sample ids as raw_samples, no duplicates, none missing.",
+    description="One stats row per ingested sample of the run's shards: same sample ids as raw_samples, no "
+    "duplicates, none missing.",
 )
-def one_row_per_sample(storage: PairfilterStorage) -> dg.AssetCheckResult:
+def one_row_per_sample(
+    context: dg.AssetCheckExecutionContext, storage: PairfilterStorage
+) -> dg.AssetCheckResult:
+    where, params = store.shard_filter(context.partition_keys)
     with storage.connect(read_only=True) as conn:
-        ingested = conn.execute("SELECT count(*) FROM raw_samples").fetchone()[0]
+        ingested = conn.execute(f"SELECT count(*) FROM raw_samples {where}", params).fetchone()[0]
         stats_rows, distinct_ids = conn.execute(
-            "SELECT count(*), count(DISTINCT sample_id) FROM image_pair_stats"
+            f"SELECT count(*), count(DISTINCT sample_id) FROM image_pair_stats {where}", params
         ).fetchone()
         unmatched = conn.execute(
-            "SELECT count(*) FROM raw_samples r FULL OUTER JOIN image_pair_stats s USING (sample_id) "
-            "WHERE r.sample_id IS NULL OR s.sample_id IS NULL"
+            f"SELECT count(*) FROM (FROM raw_samples {where}) r FULL OUTER JOIN (FROM image_pair_stats {where}) s "
+            "USING (sample_id) WHERE r.sample_id IS NULL OR s.sample_id IS NULL", params * 2
         ).fetchone()[0]
     return dg.AssetCheckResult(
         passed=ingested == stats_rows == distinct_ids and unmatched == 0,
@@ -110,35 +121,42 @@ def kept_samples_satisfy_config(
     asset=filtered_samples,
     blocking=True,
     additional_deps=["raw_samples", "image_pair_stats"],
-    description="Every sample accounted for: manifest lines = ingested samples = ok + rejected; kept + dropped = "
-    "ok (every kept sample is a distinct ok sample); every status is in the documented vocabulary.",
+    description="Every sample accounted for: the lines of the manifests in raw/ = ingested samples (per shard) = "
+    "ok + rejected; kept + dropped = ok (every kept sample is a distinct ok sample); every status is in the "
+    "documented vocabulary.",
 )
-def every_sample_accounted_for(
-    context: dg.AssetCheckExecutionContext, storage: PairfilterStorage
-) -> dg.AssetCheckResult:
+def every_sample_accounted_for(storage: PairfilterStorage) -> dg.AssetCheckResult:
+    # Lines counted from the manifest bytes, independently of parsing.
+    lines = {manifest_name(storage.raw_dir, path): count_lines(path) for path in find_manifests(storage.raw_dir)}
     with storage.connect(read_only=True) as conn:
-        ingested = conn.execute("SELECT count(*) FROM raw_samples").fetchone()[0]
+        ingested_per_shard = dict(
+            conn.execute("SELECT manifest, count(*) FROM raw_samples GROUP BY manifest").fetchall()
+        )
         statuses = dict(conn.execute("SELECT status, count(*) FROM image_pair_stats GROUP BY status").fetchall())
         kept = conn.execute("SELECT count(*) FROM filtered_samples").fetchone()[0]
         dropped = conn.execute(
             "SELECT count(*) FROM image_pair_stats WHERE status = 'ok' "
             "AND sample_id NOT IN (SELECT sample_id FROM filtered_samples)"
         ).fetchone()[0]
+    ingested = sum(ingested_per_shard.values())
     ok = statuses.get(Status.OK.value, 0)
     rejected = sum(statuses.values()) - ok
     unknown = sorted(set(statuses) - {status.value for status in Status})
-    # Lines counted from the manifest bytes when raw_samples ran, independently of parsing.
-    event = context.instance.get_latest_materialization_event(raw_samples.key)
-    recorded = event.asset_materialization.metadata if event and event.asset_materialization else {}
-    manifest_lines = recorded["manifest_lines"].value if "manifest_lines" in recorded else None
+    mismatched = {
+        shard: {"manifest_lines": lines.get(shard, 0), "ingested": ingested_per_shard.get(shard, 0)}
+        for shard in sorted(set(lines) | set(ingested_per_shard))
+        if lines.get(shard, 0) != ingested_per_shard.get(shard, 0)
+    }
 
-    passed = (
-        manifest_lines in (None, ingested) and ingested == ok + rejected and kept + dropped == ok and not unknown
-    )
+    passed = not mismatched and ingested == ok + rejected and kept + dropped == ok and not unknown
     return dg.AssetCheckResult(
         passed=passed,
+        description=(
+            f"shards not ingested as they are on disk (materialize them): {', '.join(mismatched)}"
+            if mismatched else None
+        ),
         metadata={
-            **({"manifest_lines": manifest_lines} if manifest_lines is not None else {}),
+            "manifest_lines": sum(lines.values()),
             "ingested": ingested,
             "ok": ok,
             "rejected": rejected,
@@ -146,5 +164,6 @@ def every_sample_accounted_for(
             "dropped": dropped,
             **status_count_metadata(statuses),
             "unknown_statuses": dg.MetadataValue.json(unknown),
+            "mismatched_shards": dg.MetadataValue.json(mismatched),
         },
     )

@@ -37,9 +37,12 @@ def filtered_samples_lineage() -> dg.TableColumnLineage:
     return dg.TableColumnLineage(deps)
 
 
-def table_data_version(conn, table: str, columns: list[str], extra: str = "") -> dg.DataVersion:
-    """A data version that changes exactly when a row of `table` (in `columns`) or `extra` does; computed in
-    DuckDB, so it costs no memory however large the table."""
-    count, fingerprint = store.table_fingerprint(conn, table, columns)
+def table_data_version(
+    conn, table: str, columns: list[str], extra: str = "", shards: list[str] | None = None
+) -> dg.DataVersion:
+    """A data version that changes exactly when a row of `table` (in `columns`; of `shards`, if given) or `extra`
+    does; computed in DuckDB, so it costs no memory however large the table. A backfill run covering several
+    shards gives each of them the version of all of them together."""
+    count, fingerprint = store.table_fingerprint(conn, table, columns, shards)
     digest = hashlib.sha256(f"{count}:{fingerprint}:{extra}".encode())
     return dg.DataVersion(digest.hexdigest()[:24])

@@ -1,11 +1,18 @@
-"""The new-data sensor: a new, changed or removed manifest under <data>/raw/ requests one run of pairfilter_job.
+"""The new-data sensor: keeps the shard partitions in step with the manifests under <data>/raw/, runs the shards
+that are new or changed, then rebuilds the filtered dataset.
 
-Its cursor holds every manifest's content hash plus a generation number, which is also the run key: a change is
-acted on once (Dagster never launches two runs with the same run key from one sensor), and an unchanged folder
-requests nothing, however often the sensor ticks. The first tick after the sensor is switched on sees every
-existing manifest as new and requests one run for them.
+One tick at a time:
+1. A new manifest gets a partition, a removed one loses its partition; each new or changed shard gets a run of
+   `shard_job` for that partition (when every shard needs one, as on the first tick, a single run covers them all,
+   loading the model once). A removed shard needs no run.
+2. Once those runs have finished, the next tick requests one run of `dataset_job`, which drops the rows of removed
+   shards and rebuilds the filtered dataset and the report from every shard.
 
-While a run of pairfilter_job is queued or running, the sensor waits (see `unfinished_pipeline_runs`).
+The cursor holds every manifest's content hash, a generation number (part of each run key: a change is acted on
+once, and an unchanged folder requests nothing however often the sensor ticks) and whether the dataset still has to
+be rebuilt. While any run of the pipeline's jobs is queued or running, the sensor waits and keeps its cursor, so a
+change made meanwhile is picked up by the first tick after it. A failed shard run does not stop the dataset run:
+the dataset is built from the shards' last good rows, and the shard shows as failed in the UI.
 
 Stopped by default, like the schedule: switch it on under Automation in the UI (or `dagster sensor start
 pairfilter_new_manifests`). The daemon (`dagster-daemon`, or `dagster dev`) must be running for it to tick.
@@ -17,8 +24,9 @@ import os
 import dagster as dg
 
 from ..core.manifest_changes import compare, fingerprint_manifests, still_being_written
+from .partitions import MANIFEST_SHARDS, all_shards_tags, registered_shards, shard_partition_changes
 from .resources import PairfilterStorage
-from .schedules import pairfilter_job
+from .schedules import PIPELINE_JOBS, dataset_job, shard_job
 
 INTERVAL_ENV_VAR = "PAIRFILTER_SENSOR_INTERVAL_SECONDS"
 DEFAULT_INTERVAL_SECONDS = 30
@@ -31,55 +39,87 @@ def sensor_interval_seconds() -> int:
 
 
 def unfinished_pipeline_runs(instance: dg.DagsterInstance) -> list[str]:
-    """Ids of queued or running runs of the job. Two overlapping runs would interleave their writes (one run's
-    stats checked against the other's samples), so the sensor requests a run only when none is under way; the
-    cursor is not advanced meanwhile, so a change made during a run is picked up on the first tick after it."""
+    """Ids of queued or running runs of the pipeline's jobs: the dataset must be built after the shard runs, and
+    a tick must not request a shard run while an earlier one for it is still going."""
     unfinished = [
         dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
         dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING,
     ]
-    runs = instance.get_runs(filters=dg.RunsFilter(job_name=pairfilter_job.name, statuses=unfinished), limit=1)
-    return [run.run_id for run in runs]
+    return [
+        run.run_id
+        for job in PIPELINE_JOBS
+        for run in instance.get_runs(filters=dg.RunsFilter(job_name=job.name, statuses=unfinished), limit=1)
+    ]
 
 
-def read_cursor(cursor: str | None) -> tuple[int, dict[str, str]]:
+def read_cursor(cursor: str | None) -> dict:
     state = json.loads(cursor) if cursor else {}
-    return state.get("generation", 0), state.get("manifests", {})
+    return {"generation": state.get("generation", 0), "manifests": state.get("manifests", {}),
+            "dataset_pending": state.get("dataset_pending", False)}
+
+
+def write_cursor(generation: int, manifests: dict[str, str], dataset_pending: bool) -> str:
+    return json.dumps(
+        {"generation": generation, "manifests": manifests, "dataset_pending": dataset_pending}, sort_keys=True
+    )
+
+
+def shard_run_requests(
+    shards: list[str], partitions_after: list[str], generation: int, reason: str
+) -> list[dg.RunRequest]:
+    """One run per shard; or, when every partition needs a run, one run over all of them."""
+    tags = {"pairfilter/manifest_changes": reason[:200]}
+    if len(shards) > 1 and set(shards) == set(partitions_after):
+        return [dg.RunRequest(job_name=shard_job.name, run_key=f"all-shards@generation-{generation}",
+                              tags={**tags, **all_shards_tags(partitions_after)})]
+    return [
+        dg.RunRequest(job_name=shard_job.name, partition_key=shard, run_key=f"{shard}@generation-{generation}",
+                      tags=tags)
+        for shard in shards
+    ]
 
 
 @dg.sensor(
-    job=pairfilter_job,
+    jobs=[shard_job, dataset_job],
     minimum_interval_seconds=sensor_interval_seconds(),
     default_status=dg.DefaultSensorStatus.STOPPED,
-    description="Requests one run of pairfilter_job when a manifest under `<data>/raw/` is added, changed or "
-    f"removed (content hash, kept in the cursor). Ticks every {sensor_interval_seconds()} s "
-    f"(env `{INTERVAL_ENV_VAR}`); off until switched on.",
+    description="Adds a shard partition for each new manifest under `<data>/raw/` (deletes it for a removed one), "
+    "runs shard_job for new or changed shards (content hash, kept in the cursor), then dataset_job once they are "
+    f"done. Ticks every {sensor_interval_seconds()} s (env `{INTERVAL_ENV_VAR}`); off until switched on.",
 )
 def pairfilter_new_manifests(
     context: dg.SensorEvaluationContext, storage: PairfilterStorage
 ) -> dg.SensorResult | dg.SkipReason:
-    generation, previous = read_cursor(context.cursor)
+    state = read_cursor(context.cursor)
+    generation = state["generation"]
     unfinished = unfinished_pipeline_runs(context.instance)
     if unfinished:
-        return dg.SkipReason(f"waiting for run {unfinished[0]} of {pairfilter_job.name} to finish")
+        return dg.SkipReason(f"waiting for run {unfinished[0]} to finish")
     busy = still_being_written(storage.raw_dir, SETTLE_SECONDS)
     if busy:
         return dg.SkipReason(f"waiting for {', '.join(busy)} to stop changing")
+
     current = fingerprint_manifests(storage.raw_dir)
-    changes = compare(previous, current)
-    if not changes:
-        return dg.SkipReason(f"no new or changed manifest among {len(current)} under {storage.raw_dir}")
-    generation += 1
-    cursor = json.dumps({"generation": generation, "manifests": current}, sort_keys=True)
-    context.log.info(f"Manifests under {storage.raw_dir}: {changes.summary()}")
-    if not current:
-        return dg.SensorResult(skip_reason=f"every manifest was removed ({changes.summary()})", cursor=cursor)
-    return dg.SensorResult(
-        run_requests=[
-            dg.RunRequest(
-                run_key=f"manifests-generation-{generation}",
-                tags={"pairfilter/manifest_changes": changes.summary()[:200]},
-            )
-        ],
-        cursor=cursor,
-    )
+    changes = compare(state["manifests"], current)
+    to_add, to_delete = shard_partition_changes(context.instance, storage.raw_dir)
+    partition_requests = [
+        *([MANIFEST_SHARDS.build_add_request(to_add)] if to_add else []),
+        *([MANIFEST_SHARDS.build_delete_request(to_delete)] if to_delete else []),
+    ]
+    shards = sorted(set(changes.added) | set(changes.changed) | set(to_add))
+    if shards or changes.removed or to_delete:
+        generation += 1
+        reason = changes.summary() if changes else f"partitions added: {', '.join(to_add)}"
+        context.log.info(f"Manifests under {storage.raw_dir}: {reason}")
+        partitions_after = [p for p in registered_shards(context.instance) if p not in to_delete] + to_add
+        return dg.SensorResult(
+            run_requests=shard_run_requests(shards, partitions_after, generation, reason),
+            dynamic_partitions_requests=partition_requests,
+            cursor=write_cursor(generation, current, dataset_pending=True),
+        )
+    if state["dataset_pending"]:
+        return dg.SensorResult(
+            run_requests=[dg.RunRequest(job_name=dataset_job.name, run_key=f"dataset@generation-{generation}")],
+            cursor=write_cursor(generation, current, dataset_pending=False),
+        )
+    return dg.SkipReason(f"no new or changed manifest among {len(current)} under {storage.raw_dir}")
