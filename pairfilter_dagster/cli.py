@@ -6,6 +6,7 @@ then executes `pairfilter_job` over all of them in one run (model loaded once), 
 that is set (visible in `dagster dev` afterwards) or in a throwaway instance otherwise."""
 
 import argparse
+import json
 import os
 import sys
 
@@ -22,11 +23,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "-c", "--config", action="append", default=[],
         help="run config YAML file(s), as for `dagster asset materialize -c` (e.g. filtered_samples thresholds)",
     )
+    parser.add_argument("--config-json", help="run config as a JSON string, applied after the files")
     return parser.parse_args(argv)
 
 
-def load_run_config(paths: list[str]) -> dict:
-    """The YAML files merged, later files winning, key by key at every level."""
+def load_run_config(paths: list[str], config_json: str | None = None) -> dict:
+    """The YAML files, then the JSON string, merged: later ones win, key by key at every level."""
     def merge(into: dict, extra: dict) -> dict:
         for key, value in extra.items():
             into[key] = merge(into.get(key, {}), value) if isinstance(value, dict) else value
@@ -36,12 +38,12 @@ def load_run_config(paths: list[str]) -> dict:
     for path in paths:
         with open(path, encoding="utf-8") as handle:
             merge(config, yaml.safe_load(handle) or {})
-    return config
+    return merge(config, json.loads(config_json)) if config_json else config
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    run_config = load_run_config(args.config)
+    run_config = load_run_config(args.config, args.config_json)
     storage = defs.resources["storage"]
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     with instance:

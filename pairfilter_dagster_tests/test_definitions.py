@@ -65,9 +65,10 @@ def test_pairfilter_materialize_runs_every_shard_and_the_dataset_in_one_run(bund
     env = {**os.environ, "PAIRFILTER_DATA_DIR": str(bundled_data_dir), "PAIRFILTER_HF_CLIP": str(tiny_clip_dir),
            "DAGSTER_HOME": str(home)}
     config = tmp_path / "thresholds.yaml"
-    config.write_text("ops:\n  filtered_samples:\n    config: {min_score: 0.0, max_score: 1.0}\n")
-    done = subprocess.run([PAIRFILTER_MATERIALIZE, "-c", str(config)], cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
+    config.write_text("ops:\n  filtered_samples:\n    config: {min_score: 0.5, max_score: 1.0}\n")
+    lower = json.dumps({"ops": {"filtered_samples": {"config": {"min_score": 0.0}}}})  # wins over the file
+    done = subprocess.run([PAIRFILTER_MATERIALIZE, "-c", str(config), "--config-json", lower], cwd=tmp_path,
+                          env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 shards" in done.stdout and "succeeded" in done.stdout
     with duckdb.connect(str(bundled_data_dir / "pairfilter.duckdb"), read_only=True) as conn:
