@@ -1,7 +1,8 @@
 """A real `dagster dev` (webserver, daemon and code server) on a free 127.0.0.1 port, for tests.
 
 It runs the README's command in the repo root, in its own process group (so stopping it also stops the daemon,
-the code server and any run it launched), with a temporary DAGSTER_HOME; every wait is bounded."""
+the code server and any run it launched), with a temporary DAGSTER_HOME holding the shipped dagster.yaml (its
+concurrency pool) with telemetry off; every wait is bounded."""
 
 import json
 import os
@@ -48,8 +49,9 @@ class DagsterDev:
         self.port = free_port()
         self.process: subprocess.Popen | None = None
         home.mkdir(parents=True, exist_ok=True)
-        if not (home / "dagster.yaml").exists():
-            (home / "dagster.yaml").write_text("telemetry:\n  enabled: false\n")
+        if not (home / "dagster.yaml").exists():  # the shipped instance settings (pools), as the README says
+            shipped = (REPO / "dagster.yaml").read_text()
+            (home / "dagster.yaml").write_text(f"{shipped.rstrip()}\ntelemetry:\n  enabled: false\n")
 
     @property
     def url(self) -> str:
@@ -116,8 +118,11 @@ class DagsterDev:
         entries = data["workspaceOrError"].get("locationEntries") or []
         return any(e["name"] == LOCATION and e["loadStatus"] == "LOADED" for e in entries)
 
+    def repository_selector(self) -> dict:
+        return {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY}
+
     def selector(self, name_field: str, name: str) -> dict:
-        return {"repositoryLocationName": LOCATION, "repositoryName": REPOSITORY, name_field: name}
+        return {**self.repository_selector(), name_field: name}
 
 
 def group_alive(group: int) -> bool:

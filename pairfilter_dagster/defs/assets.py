@@ -32,7 +32,8 @@ ASSET_DEFAULTS = dict(
 """Decorator arguments every asset of the pipeline shares."""
 SCORING_VERSION = "1"
 """Bump when the scoring logic changes; with the default model in image_pair_stats's code_version, the UI then
-marks the stats table and everything downstream as stale ("code version changed")."""
+marks every shard of the stats table as stale ("code version changed"). Dagster does not carry that staleness from
+the partitioned stats to the unpartitioned filtered dataset: `pairfilter_job` (or a backfill) rebuilds both."""
 
 
 def column_schema(table: str) -> dg.TableSchema:
@@ -120,8 +121,9 @@ def raw_samples(context: dg.AssetExecutionContext, storage: PairfilterStorage) -
     "embeddings (Hugging Face `CLIPModel.get_image_features`), one row per sample of the shard with its status "
     "and reason. "
     "Every distinct image is embedded once and cached in the `embedding_cache` table, keyed by model and image "
-    "content. The code version names the default model, so changing the model (`PAIRFILTER_HF_CLIP`) marks this "
-    "table and everything downstream as stale.",
+    "content. The code version names the default model, so changing the model (`PAIRFILTER_HF_CLIP`) marks every "
+    "shard of this table as stale; rebuild the filtered dataset after re-scoring (the staleness does not reach "
+    "it through the partitions).",
 )
 def image_pair_stats(
     context: dg.AssetExecutionContext, storage: PairfilterStorage, clip: ClipModel

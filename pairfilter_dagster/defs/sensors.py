@@ -38,17 +38,21 @@ def sensor_interval_seconds() -> int:
     return int(os.environ.get(INTERVAL_ENV_VAR) or DEFAULT_INTERVAL_SECONDS)
 
 
+PIPELINE_ASSETS = frozenset(dg.AssetKey(name) for name in ("raw_samples", "image_pair_stats", "filtered_samples"))
+UNFINISHED = [
+    dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
+    dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING,
+]
+
+
 def unfinished_pipeline_runs(instance: dg.DagsterInstance) -> list[str]:
-    """Ids of queued or running runs of the pipeline's jobs: the dataset must be built after the shard runs, and
-    a tick must not request a shard run while an earlier one for it is still going."""
-    unfinished = [
-        dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
-        dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING,
-    ]
+    """Ids of queued or running runs that write the pipeline's tables: runs of its jobs, and runs the UI or a
+    backfill launches for its assets (as `__ASSET_JOB`). The dataset must be built after the shard runs, and a
+    tick must not request a shard run while an earlier one for it is still going."""
     return [
         run.run_id
-        for job in PIPELINE_JOBS
-        for run in instance.get_runs(filters=dg.RunsFilter(job_name=job.name, statuses=unfinished), limit=1)
+        for run in instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED))
+        if run.job_name in {job.name for job in PIPELINE_JOBS} or (run.asset_selection or set()) & PIPELINE_ASSETS
     ]
 
 
@@ -109,7 +113,9 @@ def pairfilter_new_manifests(
     shards = sorted(set(changes.added) | set(changes.changed) | set(to_add))
     if shards or changes.removed or to_delete:
         generation += 1
-        reason = changes.summary() if changes else f"partitions added: {', '.join(to_add)}"
+        reason = changes.summary() if changes else "; ".join(
+            f"partitions {label}: {', '.join(keys)}" for label, keys in (("added", to_add), ("deleted", to_delete)) if keys
+        )
         context.log.info(f"Manifests under {storage.raw_dir}: {reason}")
         partitions_after = [p for p in registered_shards(context.instance) if p not in to_delete] + to_add
         return dg.SensorResult(
