@@ -16,6 +16,7 @@ from .images import DEFAULT_MAX_IMAGE_PIXELS
 from .outputs import StagedFile, dj_record, staged_file
 from .samples import Sample
 from .scoring import DEFAULT_CHUNK_SIZE, DEFAULT_WORKERS, PairScorer, ProgressCallback, ScoringReport, chunked
+from .scoring import EmbeddingEngine
 from .status import Status
 
 
@@ -52,12 +53,14 @@ def build_image_pair_stats(
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     on_progress: ProgressCallback | None = None,
+    engine: EmbeddingEngine | None = None,
 ) -> ScoringReport:
-    """Score every sample of `raw_samples` into `image_pair_stats`, through the persistent embedding cache."""
+    """Score every sample of `raw_samples` into `image_pair_stats`, through the persistent embedding cache; the
+    images to embed go through `engine` (default: in this process)."""
     cache = EmbeddingCache(conn.cursor(), embedder.model_key)
     with PairScorer(
         embedder, cache, batch_size=batch_size, workers=workers, max_image_pixels=max_image_pixels,
-        on_progress=on_progress,
+        on_progress=on_progress, engine=engine,
     ) as scorer:
         sample_chunks = (
             [Sample.from_row(row) for row in rows]
