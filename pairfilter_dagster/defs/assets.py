@@ -121,6 +121,8 @@ def image_pair_stats(
             workers=clip.decode_workers,
             max_image_pixels=storage.max_image_pixels,
             on_progress=progress_logger(context.log.info, image_refs_to_score(conn)),
+            engine=clip.scoring_engine,
+            chunk_size=clip.chunk_samples,
         )
         distinct_images = conn.execute(
             "SELECT count(DISTINCT h) FROM image_pair_stats, unnest(image_hashes) AS t(h) WHERE h <> ''"
@@ -143,6 +145,7 @@ def image_pair_stats(
             "model": clip.hf_clip,
             "model_key": embedder.model_key[:16],
             "device": embedder.device,
+            "engine": clip.engine,
             "statuses": dg.MetadataValue.md(
                 markdown_table(["status", "meaning"], [(s.value, d) for s, d in STATUS_DESCRIPTIONS.items()])
             ),
