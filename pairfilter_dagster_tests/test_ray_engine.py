@@ -130,6 +130,37 @@ def test_bad_ray_settings_fail_before_any_work(tiny_clip_dir):
         ClipModel(hf_clip=str(tiny_clip_dir), engine="ray", device="cuda")
 
 
+MISSING_RAY_RUN = r"""
+import sys
+sys.modules["ray"] = None  # as if Ray were not installed: `import ray` fails
+import dagster as dg
+from pairfilter_dagster.defs import assets
+from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage
+result = dg.materialize(
+    [assets.raw_samples, assets.image_pair_stats],
+    resources={"clip": ClipModel(hf_clip=sys.argv[1], device="cpu"),
+               "storage": PairfilterStorage(data_dir=sys.argv[2])},
+    run_config={"resources": {"clip": {"config": {"engine": "ray"}}}},
+    raise_on_error=False,
+)
+failures = [e for e in result.all_events if e.is_failure]
+steps = [e.step_key for e in failures if e.step_key]
+print(result.success, steps, "\n".join(str(e.event_specific_data) for e in failures))
+"""
+
+
+def test_engine_ray_without_ray_installed_fails_before_any_work(bundled_data_dir, tiny_clip_dir):
+    """In process, resources are built when the run starts, so the run fails there (with the multiprocess executor,
+    `raw_samples` checks the clip overrides first)."""
+    import sys
+
+    out = subprocess.run([sys.executable, "-c", MISSING_RAY_RUN, str(tiny_clip_dir), str(bundled_data_dir)],
+                         capture_output=True, text=True, check=True).stdout
+    assert out.startswith("False [] ")  # the run failed, no step did
+    assert "pip install 'pairfilter-dagster[ray]'" in out
+    assert not (bundled_data_dir / "pairfilter.duckdb").exists()
+
+
 def distinct_photos(folder, count, seed=0):
     """`count` JPEGs of distinct content (random crops of the bundled photos, about 1 megapixel)."""
     from PIL import Image

@@ -31,11 +31,15 @@ PREPROCESS_BATCH = 16
 """Images per decode/preprocess task: small enough to spread over the CPUs, large enough to amortise a task."""
 
 
-def require_ray() -> None:
-    """Fail with the install hint when Ray is missing (checked before any work, without importing ray)."""
+def ray_installed() -> bool:
+    """Whether `import ray` can work, found without importing it (which takes a second or two)."""
     import importlib.util
 
-    if importlib.util.find_spec("ray") is None:
+    return importlib.util.find_spec("ray") is not None
+
+
+def require_ray() -> None:
+    if not ray_installed():
         raise RuntimeError(INSTALL_HINT)
 
 
@@ -57,7 +61,7 @@ def ray_session(address: str | None = None, *, log: Callable[[str], None] | None
     else:
         ray.init(include_dashboard=False, log_to_driver=False)
     if log:
-        log(f"Ray: connected to {address or 'a new local Ray on 127.0.0.1'} ({ray.cluster_resources()})")
+        log(f"Ray: connected to {address or 'a new local Ray'} ({ray.cluster_resources()})")
     try:
         yield
     finally:

@@ -15,7 +15,7 @@ from ..core import store
 from ..core.embedding import HF_CLIP_ENV_VAR, ClipEmbedder, ModelSpec, default_hf_clip
 from ..core.images import DEFAULT_MAX_IMAGE_PIXELS, PIL_HARD_PIXEL_LIMIT
 from ..core.pairing import DEFAULT_PAIRING
-from ..core.ray_engine import INSTALL_HINT, RayEngine, ray_session
+from ..core.ray_engine import INSTALL_HINT, RayEngine, ray_installed, ray_session
 from ..core.scoring import DEFAULT_CHUNK_SIZE, EmbeddingEngine
 from ..core.samples import SampleRules
 
@@ -90,9 +90,7 @@ class ClipModel(dg.ConfigurableResource):
     @model_validator(mode="after")
     def _ray_settings(self) -> "ClipModel":
         if self.engine == "ray":
-            import importlib.util
-
-            if importlib.util.find_spec("ray") is None:
+            if not ray_installed():
                 raise ValueError(INSTALL_HINT)
             self.ray_engine()  # raises ValueError naming the field for settings the actors cannot run
         return self
