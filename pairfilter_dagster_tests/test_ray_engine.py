@@ -123,11 +123,21 @@ def test_dagster_run_on_ray_writes_the_local_engines_stats_table(local_ray, odd_
     assert sum(row[1] == "ok" for row in ray_rows) == 11
 
 
+def test_actors_run_on_cuda_exactly_when_they_get_a_gpu(tiny_clip_dir):
+    spec = ModelSpec(str(tiny_clip_dir))  # device auto
+    assert RayEngine(spec, batch_size=4).actor_spec.device == "cpu"
+    assert RayEngine(spec, batch_size=4, num_gpus=1).actor_spec.device == "cuda"
+    assert RayEngine(ModelSpec(str(tiny_clip_dir), device="cuda", dtype="float16"), batch_size=4,
+                     num_gpus=0.5).actor_spec.device == "cuda"
+
+
 def test_bad_ray_settings_fail_before_any_work(tiny_clip_dir):
     with pytest.raises(ValueError, match="ray_actors"):
         ClipModel(hf_clip=str(tiny_clip_dir), engine="ray", ray_actors=0)
     with pytest.raises(ValueError, match="ray_num_gpus"):
         ClipModel(hf_clip=str(tiny_clip_dir), engine="ray", device="cuda")
+    with pytest.raises(ValueError, match="dtype"):
+        ClipModel(hf_clip=str(tiny_clip_dir), engine="ray", dtype="float16")
 
 
 MISSING_RAY_RUN = r"""

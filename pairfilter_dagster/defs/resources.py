@@ -104,12 +104,12 @@ class ClipModel(dg.ConfigurableResource):
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         spec = self.model_spec()
+        if self.engine == "ray" and spec.dtype == "float32":
+            spec = replace(spec, device="cpu")  # the step only hashes the weights: the same bytes, no GPU needed
+        self._embedder = ClipEmbedder.load(spec)  # first: a model that cannot load fails before Ray starts
         if self.engine == "ray":
-            if spec.dtype == "float32":  # the step only hashes the weights: same bytes on CPU, no GPU needed
-                spec = replace(spec, device="cpu")
             self._ray = ExitStack()
             self._ray.enter_context(ray_session(self.ray_address, log=context.log.info if context.log else None))
-        self._embedder = ClipEmbedder.load(spec)
         if context.log:
             where = f", embedding on Ray ({self.ray_actors} actor(s))" if self.engine == "ray" else ""
             context.log.info(f"Loaded CLIP model {self.hf_clip!r} on {self._embedder.device} ({self.dtype}){where}")
