@@ -29,6 +29,9 @@ from .scoring import EmbeddedBatch, prepare_pixels
 INSTALL_HINT = "engine 'ray' needs Ray: pip install 'pairfilter-dagster[ray]'"
 PREPROCESS_BATCH = 16
 """Images per decode/preprocess task: small enough to spread over the CPUs, large enough to amortise a task."""
+PREPROCESS_MEMORY = 512 * 2**20
+"""Bytes a decode task may hold: one decoded photo at a time (a 12-megapixel RGB image is 36 MB, more while
+resizing) and a batch of pixel values."""
 
 
 def ray_installed() -> bool:
@@ -88,10 +91,6 @@ def _pixel_shape(spec: ModelSpec) -> tuple[int, ...]:
     from PIL import Image
 
     return _preprocess(Image.new("RGB", (64, 64)), spec).shape
-
-
-def _one_cpu() -> dict[str, Any]:
-    return {"num_cpus": 1}
 
 
 def preprocess_batch(batch: dict[str, np.ndarray], spec: ModelSpec) -> dict[str, np.ndarray]:
@@ -172,10 +171,10 @@ class RayEngine:
         dataset = ray.data.from_items([{"content_hash": h, "path": path} for h, path in todo])
         dataset = dataset.map_batches(
             preprocess_batch, fn_kwargs={"spec": self.actor_spec}, batch_size=self.preprocess_batch_size,
-            batch_format="numpy",
-            # Remote args given by a function keep Ray Data from fusing this stage into the actors (it fuses maps
-            # whose remote args are equal): decoding then overlaps with embedding, on the CPUs the actors leave.
-            ray_remote_args_fn=_one_cpu,
+            batch_format="numpy", num_cpus=1,
+            # A memory request of its own also keeps Ray Data from fusing this stage into the actors (it fuses maps
+            # whose resource requests are equal): decoding then overlaps with embedding, on the CPUs the actors leave.
+            memory=PREPROCESS_MEMORY,
         )
         dataset = dataset.map_batches(
             ClipEmbedActor, fn_constructor_kwargs={"spec": self.actor_spec}, batch_size=self.batch_size,
