@@ -3,6 +3,7 @@
     .venv/bin/python -m benchmarks.bench_scoring            # full ViT-B/32-sized random CLIP, CPU
     .venv/bin/python -m benchmarks.bench_scoring --device cuda --dtype float16
     .venv/bin/python -m benchmarks.bench_scoring --compile   # torch.compile'd image tower
+    .venv/bin/python -m benchmarks.bench_scoring --ray       # adds the Ray engine (pip install '.[ray]')
 
 It writes a randomly initialised checkpoint of the full ViT-B/32 architecture (the FLOPs of
 openai/clip-vit-base-patch32; no model hub is needed), builds datasets of distinct JPEGs cut from the bundled photos,
@@ -18,6 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -106,6 +108,63 @@ def our_scoring(embedder, data_dir: Path, photos_dir: Path, batch_size: int, wor
     if set(report.status_counts) != {"ok"}:
         raise RuntimeError(f"every benchmark sample must score, got {report.status_counts}")
     return seconds, report
+
+
+def ray_scoring(spec: ModelSpec, embedder, data_dir: Path, photos_dir: Path, args) -> tuple[float, float]:
+    """The stats asset's work with the Ray engine on a fresh data folder (empty cache), in one chunk as the pipeline
+    does. Returns (seconds end to end, seconds until the first embedded batch reached the step). The latter is
+    mostly the per-chunk start-up: actor processes, their torch/transformers imports, the model load."""
+    from pairfilter_dagster.core.ray_engine import RayEngine
+
+    engine = RayEngine(spec, batch_size=args.batch_size, actors=args.ray_actors, num_cpus=args.ray_num_cpus,
+                       num_gpus=1.0 if args.device == "cuda" else 0.0)
+    first_batch_at: list[float] = []
+
+    def on_progress(report, refs_done) -> None:
+        if not first_batch_at and report.images_embedded:
+            first_batch_at.append(time.perf_counter())
+
+    rules = SampleRules.for_data_dir(data_dir, [str(photos_dir)])
+    with store.connect(data_dir / "pairfilter.duckdb") as conn:
+        build_raw_samples(conn, read_samples(data_dir / "raw", rules))
+        started = time.perf_counter()
+        report = build_image_pair_stats(conn, embedder, batch_size=args.batch_size, workers=args.workers,
+                                        chunk_size=20_000, engine=engine, on_progress=on_progress)
+        ended = time.perf_counter()
+    if set(report.status_counts) != {"ok"}:
+        raise RuntimeError(f"every benchmark sample must score, got {report.status_counts}")
+    return ended - started, first_batch_at[0] - started
+
+
+def actor_throughput(spec: ModelSpec, embedder, paths, args) -> tuple[float, int]:
+    """Images/s of one model actor (`--ray-num-cpus` CPUs) fed ready pixel batches: what one actor adds to a
+    cluster when decoding runs elsewhere. Returns (images/s, torch threads in the actor)."""
+    import ray
+
+    from pairfilter_dagster.core.ray_engine import ClipEmbedActor
+
+    @ray.remote
+    class TimedActor(ClipEmbedActor):
+        def threads(self) -> int:
+            return torch.get_num_threads()
+
+        def run(self, pixels, batch_size: int) -> float:
+            batch_size = min(batch_size, len(pixels))
+            batch = {"content_hash": np.zeros(batch_size, dtype=object),
+                     "error": np.full(batch_size, "", dtype=object)}
+            self({**batch, "pixel_values": pixels[:batch_size]})  # warm-up
+            started = time.perf_counter()
+            for i in range(0, len(pixels) - batch_size + 1, batch_size):
+                self({**batch, "pixel_values": pixels[i : i + batch_size]})
+            return (len(pixels) // batch_size * batch_size) / (time.perf_counter() - started)
+
+    pixels = np.stack([embedder.preprocess(decode_rgb(str(p))) for p in paths])
+    options = {"num_cpus": args.ray_num_cpus, "num_gpus": 1.0 if args.device == "cuda" else 0.0}
+    actor = TimedActor.options(**options).remote(replace(spec, device=args.device))
+    try:
+        return ray.get(actor.run.remote(ray.put(pixels), args.batch_size)), ray.get(actor.threads.remote())
+    finally:
+        ray.kill(actor)
 
 
 def model_limit(embedder, paths, batch_size: int, repeats: int = 1) -> float:
@@ -207,6 +266,9 @@ def main() -> None:
     parser.add_argument("--rethreshold-rows", type=int, default=100_000)
     parser.add_argument("--memory-samples", type=int, default=1000, help="1x size of the peak-memory runs")
     parser.add_argument("--skip-memory", action="store_true")
+    parser.add_argument("--ray", action="store_true", help="also score with the Ray engine on a local Ray (section 7)")
+    parser.add_argument("--ray-actors", type=int, default=1, help="model actors for --ray")
+    parser.add_argument("--ray-num-cpus", type=float, default=1.0, help="CPUs per model actor for --ray")
     args = parser.parse_args()
 
     from transformers import CLIPImageProcessor, CLIPModel
@@ -286,6 +348,23 @@ def main() -> None:
             ten = peak_rss_mib(work, tiny, 10 * args.memory_samples, "memory-10x")
             row(f"6. peak RSS {args.memory_samples:,} / {10 * args.memory_samples:,} samples (MiB)",
                 f"{one:.0f} / {ten:.0f} = {ten / one:.2f}x", "<= 1.3x")
+
+        # 7. the Ray engine, on the same distinct pairs as 1 (a fresh cache)
+        if args.ray:
+            import ray
+
+            ray.init(include_dashboard=False, log_to_driver=False)
+            try:
+                total, first = ray_scoring(spec, embedder, write_dataset(work / "ray", distinct), photos_dir, args)
+                per_actor, actor_threads = actor_throughput(spec, embedder, photos, args)
+            finally:
+                ray.shutdown()
+            row(f"7. Ray engine, {args.ray_actors} actor(s) of {args.ray_num_cpus:g} CPU: local / Ray end to end "
+                "(pairs/s)", f"{ours:.2f} / {n / total:.2f} = {n / total / ours:.2f}x")
+            row("7. Ray engine: seconds until the first batch is back (actors start, import, load the model)",
+                f"{first:.1f} s of {total:.1f} s")
+            row(f"7. one actor, {args.ray_num_cpus:g} CPU ({actor_threads} torch threads), ready pixels (images/s)",
+                f"{per_actor:.2f}")
 
     print("\n| measure | value | target |\n|---|---|---|")
     for name, value, target in results:

@@ -1,16 +1,18 @@
 """Pair scores, streamed in bounded chunks of samples.
 
-For each chunk: hash the image files, take the embeddings already in the cache, decode and preprocess the rest in
-worker threads while the model embeds the previous batch, store each batch of new embeddings in the cache, then
-score each sample's pairs by cosine similarity. Memory is bounded by the chunk size, never by the dataset: cross-chunk
-duplicates are found through the cache."""
+For each chunk: hash the image files, take the embeddings already in the cache, hand the rest (cache misses) to an
+embedding engine, store each batch of new embeddings in the cache as it arrives, then score each sample's pairs by
+cosine similarity. Memory is bounded by the chunk size, never by the dataset: cross-chunk duplicates are found
+through the cache. The engine only turns image files into embeddings: `LocalEngine` decodes in worker threads while
+the model embeds the previous batch, in this process; `core.ray_engine.RayEngine` does the same on a Ray cluster.
+Only the scorer, in the Dagster step, writes the cache."""
 
 import itertools
 import time
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-from typing import Callable, Iterable, Iterator, Protocol, Sequence
+from typing import Any, Callable, Iterable, Iterator, Protocol, Sequence
 
 import numpy as np
 
@@ -80,6 +82,79 @@ class ScoringReport:
         return self.cache_hits / self.images_looked_up if self.images_looked_up else 0.0
 
 
+@dataclass
+class EmbeddedBatch:
+    """What an engine hands back for some of the images it was given: their unit-length float32 embeddings, the
+    reasons the others could not be decoded or preprocessed, and the forward passes that took."""
+
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    forward_passes: int = 0
+
+
+class EmbeddingEngine(Protocol):
+    def embed(self, todo: list[tuple[str, str]]) -> Iterator[EmbeddedBatch]:
+        """Embed (content hash, path) items, each exactly once (as an embedding or an error), in batches."""
+        ...
+
+
+def prepare_pixels(preprocess: Callable[[Any], np.ndarray], path: str) -> np.ndarray | str:
+    """One image file's pixel values, or why it cannot be used: every engine gives the same reason."""
+    try:
+        return preprocess(decode_rgb(path))
+    except ImageDecodeError as exc:
+        return str(exc)
+    except Exception as exc:  # the processor can refuse odd images (e.g. 1x1 pixels)
+        return f"cannot preprocess {path}: {type(exc).__name__}: {exc}"
+
+
+class LocalEngine:
+    """In-process embedding: worker threads decode and preprocess up to two batches ahead while the model embeds
+    the current one."""
+
+    def __init__(self, embedder: ClipEmbedder, pool: ThreadPoolExecutor, *, batch_size: int) -> None:
+        self.embedder = embedder
+        self.pool = pool
+        self.batch_size = batch_size
+
+    def embed(self, todo: list[tuple[str, str]]) -> Iterator[EmbeddedBatch]:
+        batch = EmbeddedBatch()
+        hashes: list[str] = []
+        pixels: list[np.ndarray] = []
+        for content_hash, prepared in self._prepared(todo):
+            if isinstance(prepared, str):
+                batch.errors[content_hash] = prepared
+                continue
+            hashes.append(content_hash)
+            pixels.append(prepared)
+            if len(pixels) == self.batch_size:
+                yield self._embedded(batch, hashes, pixels)
+                batch, hashes, pixels = EmbeddedBatch(), [], []
+        if pixels or batch.errors:
+            yield self._embedded(batch, hashes, pixels)
+
+    def _embedded(self, batch: EmbeddedBatch, hashes: list[str], pixels: list[np.ndarray]) -> EmbeddedBatch:
+        if pixels:
+            passes_before = self.embedder.forward_passes
+            batch.embeddings = dict(zip(hashes, self.embedder.embed_pixels(np.stack(pixels))))
+            batch.forward_passes = self.embedder.forward_passes - passes_before
+        return batch
+
+    def _prepared(self, todo: list[tuple[str, str]]) -> Iterator[tuple[str, np.ndarray | str]]:
+        """Decoded, preprocessed pixels (or a decode error) in input order, at most two batches ahead."""
+        items = iter(todo)
+        pending = deque(
+            (h, self.pool.submit(prepare_pixels, self.embedder.preprocess, path))
+            for h, path in itertools.islice(items, 2 * self.batch_size)
+        )
+        while pending:
+            content_hash, future = pending.popleft()
+            following = next(items, None)
+            if following is not None:
+                pending.append((following[0], self.pool.submit(prepare_pixels, self.embedder.preprocess, following[1])))
+            yield content_hash, future.result()
+
+
 ProgressCallback = Callable[[ScoringReport, float], None]
 """Called after each batch with the running report and the estimated image references done so far."""
 
@@ -104,7 +179,8 @@ def progress_logger(log: Callable[[str], None], refs_total: int, every_seconds: 
 
 
 class PairScorer:
-    """Scores chunks of samples with one embedder, one cache and one pool of decode workers."""
+    """Scores chunks of samples with one embedding engine (by default a `LocalEngine` over `embedder`), one cache
+    and one pool of worker threads (hashing; decoding for the local engine)."""
 
     def __init__(
         self,
@@ -115,6 +191,7 @@ class PairScorer:
         workers: int = DEFAULT_WORKERS,
         max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
         on_progress: ProgressCallback | None = None,
+        engine: EmbeddingEngine | None = None,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size: must be at least 1, got {batch_size}")
@@ -127,6 +204,7 @@ class PairScorer:
         self.on_progress = on_progress
         self.report = ScoringReport()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pairfilter-decode")
+        self.engine = engine if engine is not None else LocalEngine(embedder, self._pool, batch_size=batch_size)
         self._started = time.perf_counter()
 
     def __enter__(self) -> "PairScorer":
@@ -166,60 +244,21 @@ class PairScorer:
             yield self.score_chunk(chunk)
 
     def _embed(self, todo: list[tuple[str, str]], chunk_refs: int) -> tuple[dict[str, np.ndarray], dict[str, str]]:
-        """Embed (content hash, path) items in batches, decoding ahead in the worker threads."""
+        """Embed (content hash, path) items through the engine, storing each batch in the cache as it arrives."""
         embeddings: dict[str, np.ndarray] = {}
         errors: dict[str, str] = {}
-        hashes: list[str] = []
-        pixels: list[np.ndarray] = []
-
-        def flush() -> None:
-            if pixels:
-                passes_before = self.embedder.forward_passes
-                batch = dict(zip(hashes, self.embedder.embed_pixels(np.stack(pixels))))
-                self.cache.put_many(batch)  # committed per batch: a killed run keeps what it embedded
-                embeddings.update(batch)
-                self.report.forward_passes += self.embedder.forward_passes - passes_before
-                self.report.images_embedded += len(pixels)
-                hashes.clear()
-                pixels.clear()
-                done = (len(embeddings) + len(errors)) / len(todo)
-                self._tick(self.report.image_refs + done * chunk_refs)  # image_refs: chunks before this one
-
-        for content_hash, prepared in self._prepared(todo):
-            if isinstance(prepared, str):
-                errors[content_hash] = prepared
-                continue
-            hashes.append(content_hash)
-            pixels.append(prepared)
-            if len(pixels) == self.batch_size:
-                flush()
-        flush()
+        for batch in self.engine.embed(todo):
+            self.cache.put_many(batch.embeddings)  # committed per batch: a killed run keeps what it embedded
+            embeddings.update(batch.embeddings)
+            errors.update(batch.errors)
+            self.report.forward_passes += batch.forward_passes
+            self.report.images_embedded += len(batch.embeddings)
+            done = (len(embeddings) + len(errors)) / len(todo)
+            self._tick(self.report.image_refs + done * chunk_refs)  # image_refs: chunks before this one
         return embeddings, errors
-
-    def _prepared(self, todo: list[tuple[str, str]]) -> Iterator[tuple[str, np.ndarray | str]]:
-        """Decoded, preprocessed pixels (or a decode error) in input order, at most two batches ahead."""
-        items = iter(todo)
-        pending = deque(
-            (h, self._pool.submit(self._prepare, path))
-            for h, path in itertools.islice(items, 2 * self.batch_size)
-        )
-        while pending:
-            content_hash, future = pending.popleft()
-            following = next(items, None)
-            if following is not None:
-                pending.append((following[0], self._pool.submit(self._prepare, following[1])))
-            yield content_hash, future.result()
 
     def _inspect(self, path: str) -> ImageFile:
         return inspect_image_file(path, self.max_image_pixels)
-
-    def _prepare(self, path: str) -> np.ndarray | str:
-        try:
-            return self.embedder.preprocess(decode_rgb(path))
-        except ImageDecodeError as exc:
-            return str(exc)
-        except Exception as exc:  # the processor can refuse odd images (e.g. 1x1 pixels)
-            return f"cannot preprocess {path}: {type(exc).__name__}: {exc}"
 
     def _tick(self, refs_done: float) -> None:
         self.report.seconds = time.perf_counter() - self._started
@@ -236,10 +275,11 @@ def score_samples(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     workers: int = DEFAULT_WORKERS,
     max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    engine: EmbeddingEngine | None = None,
 ) -> tuple[list[StatsRow], ScoringReport]:
     """Score samples held in memory (small datasets, tests); pipelines stream with `PairScorer.score_all`."""
     with PairScorer(
-        embedder, cache, batch_size=batch_size, workers=workers, max_image_pixels=max_image_pixels
+        embedder, cache, batch_size=batch_size, workers=workers, max_image_pixels=max_image_pixels, engine=engine
     ) as scorer:
         rows = [row for chunk in scorer.score_all(chunked(samples, chunk_size)) for row in chunk]
     return rows, scorer.report

@@ -15,7 +15,9 @@ from .filtering import FilterSettings, keep_flags
 from .images import DEFAULT_MAX_IMAGE_PIXELS
 from .outputs import StagedFile, dj_record, staged_file
 from .samples import Sample, find_manifests, manifest_name
-from .scoring import DEFAULT_CHUNK_SIZE, DEFAULT_WORKERS, PairScorer, ProgressCallback, ScoringReport, chunked
+from .scoring import (
+    DEFAULT_CHUNK_SIZE, DEFAULT_WORKERS, EmbeddingEngine, PairScorer, ProgressCallback, ScoringReport, chunked,
+)
 from .status import Status
 
 
@@ -60,13 +62,15 @@ def build_image_pair_stats(
     chunk_size: int = DEFAULT_CHUNK_SIZE,
     on_progress: ProgressCallback | None = None,
     shards: Sequence[str] | None = None,
+    engine: EmbeddingEngine | None = None,
 ) -> ScoringReport:
     """Score every sample of `raw_samples` (of `shards` only, if given) into `image_pair_stats`, through the
-    persistent embedding cache; only those shards' rows are replaced."""
+    persistent embedding cache; only those shards' rows are replaced. The images to embed go through `engine`
+    (default: in this process)."""
     cache = EmbeddingCache(conn.cursor(), embedder.model_key)
     with PairScorer(
         embedder, cache, batch_size=batch_size, workers=workers, max_image_pixels=max_image_pixels,
-        on_progress=on_progress,
+        on_progress=on_progress, engine=engine,
     ) as scorer:
         sample_chunks = (
             [Sample.from_row(row) for row in rows]

@@ -140,6 +140,8 @@ def image_pair_stats(
             max_image_pixels=storage.max_image_pixels,
             on_progress=progress_logger(context.log.info, image_refs_to_score(conn, shards)),
             shards=shards,
+            engine=clip.scoring_engine,
+            chunk_size=clip.chunk_samples,
         )
         where, params = store.shard_filter(shards)
         distinct_images = conn.execute(
@@ -165,6 +167,7 @@ def image_pair_stats(
             "model": clip.hf_clip,
             "model_key": embedder.model_key[:16],
             "device": embedder.device,
+            "engine": clip.engine,
             "statuses": dg.MetadataValue.md(
                 markdown_table(["status", "meaning"], [(s.value, d) for s, d in STATUS_DESCRIPTIONS.items()])
             ),

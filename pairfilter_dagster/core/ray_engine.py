@@ -1,0 +1,191 @@
+"""The Ray engine: the images to embed (cache misses only) go through Ray Data instead of this process.
+
+Two stages: CPU tasks decode and preprocess (`decode_rgb` and the checkpoint's own image processor, the same code as
+the local engine, so scores agree to float rounding), then a pool of actors, each loading the model once with
+`ClipEmbedder.load` (the same `from_pretrained` path), embeds batches. The driver (the Dagster step) receives
+embeddings and errors and is the only one that writes DuckDB; workers only read image files, which must be at the
+same paths on every node (a shared filesystem or object-storage mount on a cluster).
+
+Ray Data starts the actor pool anew for every dataset it executes, i.e. for every call of `RayEngine.embed`, which
+the scorer makes once per chunk of samples. The pipeline therefore scores in much larger chunks with this engine
+(`ray_chunk_samples`, default 20,000 samples) so each actor loads the model once per many thousand images; the
+price is memory on the driver (one chunk's rows and embeddings) and coarser progress.
+
+ray is imported only inside the functions and classes that run with this engine: the Dagster definitions import
+nothing from Ray, and the default install has no Ray at all (`pip install 'pairfilter-dagster[ray]'`).
+"""
+
+import functools
+import os
+from contextlib import contextmanager
+from dataclasses import replace
+from typing import Any, Callable, Iterator
+
+import numpy as np
+
+from .embedding import ClipEmbedder, ModelSpec, looks_like_local_path
+from .scoring import EmbeddedBatch, prepare_pixels
+
+INSTALL_HINT = "engine 'ray' needs Ray: pip install 'pairfilter-dagster[ray]'"
+PREPROCESS_BATCH = 16
+"""Images per decode/preprocess task: small enough to spread over the CPUs, large enough to amortise a task."""
+PREPROCESS_MEMORY = 512 * 2**20
+"""Bytes a decode task may hold: one decoded photo at a time (a 12-megapixel RGB image is 36 MB, more while
+resizing) and a batch of pixel values."""
+
+
+def ray_installed() -> bool:
+    """Whether `import ray` can work, found without importing it (which takes a second or two)."""
+    import importlib.util
+
+    return importlib.util.find_spec("ray") is not None
+
+
+def require_ray() -> None:
+    if not ray_installed():
+        raise RuntimeError(INSTALL_HINT)
+
+
+@contextmanager
+def ray_session(address: str | None = None, *, log: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Connect to Ray for the duration of a step. An already initialised Ray (a test's, a notebook's) is used as it
+    is and left running. Otherwise: `address`, else `$RAY_ADDRESS`, else a new local Ray without the dashboard,
+    shut down again at the end. (Ray itself resolves 127.0.0.1 to the machine's address and listens on all
+    interfaces; ray.init has no loopback-only option. This Ray's token authentication, on by default, guards it.)"""
+    require_ray()
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    if address:
+        ray.init(address=address, log_to_driver=False)
+    else:
+        ray.init(include_dashboard=False, log_to_driver=False)
+    if log:
+        log(f"Ray: connected to {address or 'a new local Ray'} ({ray.cluster_resources()})")
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@functools.lru_cache(maxsize=4)
+def _image_processor(spec: ModelSpec) -> Any:
+    """The checkpoint's image processor, loaded once per worker process."""
+    from transformers import AutoImageProcessor
+
+    source = os.path.expanduser(spec.hf_clip) if looks_like_local_path(spec.hf_clip) else spec.hf_clip
+    return AutoImageProcessor.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+
+
+def _preprocess(image: Any, spec: ModelSpec) -> np.ndarray:
+    """Exactly `ClipEmbedder.preprocess`, with the processor of this worker process."""
+    return _image_processor(spec)(images=[image], return_tensors="np")["pixel_values"][0]
+
+
+@functools.lru_cache(maxsize=4)
+def _pixel_shape(spec: ModelSpec) -> tuple[int, ...]:
+    """The shape of one image's pixel values, for the zero rows that stand in for images that failed."""
+    from PIL import Image
+
+    return _preprocess(Image.new("RGB", (64, 64)), spec).shape
+
+
+def preprocess_batch(batch: dict[str, np.ndarray], spec: ModelSpec) -> dict[str, np.ndarray]:
+    """Ray Data stage 1 (tasks): decode and preprocess. A bad image becomes an error row, never an exception
+    that would fail the dataset; its pixel values are zeros."""
+    pixels, errors = [], []
+    for path in batch["path"]:
+        prepared = prepare_pixels(functools.partial(_preprocess, spec=spec), str(path))
+        if isinstance(prepared, str):
+            errors.append(prepared)
+            prepared = np.zeros(_pixel_shape(spec), dtype=np.float32)
+        else:
+            errors.append("")
+        pixels.append(prepared.astype(np.float32, copy=False))
+    return {
+        "content_hash": np.asarray(batch["content_hash"], dtype=object),
+        "pixel_values": np.stack(pixels),
+        "error": np.asarray(errors, dtype=object),
+    }
+
+
+class ClipEmbedActor:
+    """Ray Data stage 2 (actors): the model, loaded once per actor, embeds the rows that preprocessed."""
+
+    def __init__(self, spec: ModelSpec) -> None:
+        self.embedder = ClipEmbedder.load(spec)
+        self.dim = int(self.embedder.model.config.projection_dim)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        ok = np.asarray([error == "" for error in batch["error"]], dtype=bool)
+        embeddings = np.zeros((len(ok), self.dim), dtype=np.float32)
+        if ok.any():
+            embeddings[ok] = self.embedder.embed_pixels(np.ascontiguousarray(batch["pixel_values"][ok]))
+        passes = np.zeros(len(ok), dtype=np.int64)
+        passes[:1] = int(ok.any())  # one forward pass per batch, counted on its first row
+        return {"content_hash": batch["content_hash"], "embedding": embeddings, "error": batch["error"],
+                "forward_passes": passes}
+
+
+class RayEngine:
+    """Embeds through Ray Data: `actors` model actors of `num_cpus` / `num_gpus` each, `batch_size` images per
+    forward pass. The actors run on cuda when they get a GPU (`num_gpus` > 0), else on cpu. Needs a connected Ray
+    (`ray_session`). A killed actor is restarted and its batches retried: Ray Data creates its actors with
+    `max_restarts=-1, max_task_retries=-1` unless told otherwise (test_ray_engine kills one to hold it to that)."""
+
+    def __init__(
+        self,
+        spec: ModelSpec,
+        *,
+        batch_size: int,
+        actors: int = 1,
+        num_cpus: float = 1.0,
+        num_gpus: float = 0.0,
+        preprocess_batch_size: int = PREPROCESS_BATCH,
+    ) -> None:
+        if actors < 1:
+            raise ValueError(f"ray_actors: must be at least 1, got {actors}")
+        if batch_size < 1:
+            raise ValueError(f"batch_size: must be at least 1, got {batch_size}")
+        if num_gpus < 0 or num_cpus < 0:
+            raise ValueError("ray_num_cpus, ray_num_gpus: must not be negative")
+        if spec.device == "cuda" and num_gpus == 0:
+            raise ValueError("device: 'cuda' with engine 'ray' needs ray_num_gpus > 0 (GPUs per actor)")
+        self.actor_spec = replace(spec, device="cuda" if num_gpus > 0 else "cpu")
+        if self.actor_spec.dtype != "float32" and num_gpus == 0:
+            raise ValueError(f"dtype: {spec.dtype} needs GPU actors (ray_num_gpus > 0); on cpu use float32")
+        self.batch_size = batch_size
+        self.actors = actors
+        self.num_cpus = num_cpus
+        self.num_gpus = num_gpus
+        self.preprocess_batch_size = preprocess_batch_size
+
+    def embed(self, todo: list[tuple[str, str]]) -> Iterator[EmbeddedBatch]:
+        if not todo:
+            return
+        import ray.data
+
+        dataset = ray.data.from_items([{"content_hash": h, "path": path} for h, path in todo])
+        dataset = dataset.map_batches(
+            preprocess_batch, fn_kwargs={"spec": self.actor_spec}, batch_size=self.preprocess_batch_size,
+            batch_format="numpy", num_cpus=1,
+            # A memory request of its own also keeps Ray Data from fusing this stage into the actors (it fuses maps
+            # whose resource requests are equal): decoding then overlaps with embedding, on the CPUs the actors leave.
+            memory=PREPROCESS_MEMORY,
+        )
+        dataset = dataset.map_batches(
+            ClipEmbedActor, fn_constructor_kwargs={"spec": self.actor_spec}, batch_size=self.batch_size,
+            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.actors),
+            num_cpus=self.num_cpus, num_gpus=self.num_gpus,
+        )
+        for rows in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            batch = EmbeddedBatch(forward_passes=int(rows["forward_passes"].sum()))
+            for content_hash, embedding, error in zip(rows["content_hash"], rows["embedding"], rows["error"]):
+                if error:
+                    batch.errors[str(content_hash)] = str(error)
+                else:
+                    batch.embeddings[str(content_hash)] = np.asarray(embedding, dtype=np.float32)
+            yield batch
