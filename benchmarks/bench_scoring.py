@@ -14,7 +14,6 @@ made on time.
 import argparse
 import json
 import os
-import random
 import subprocess
 import sys
 import tempfile
@@ -24,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 
 from pairfilter_dagster.core import store
 from pairfilter_dagster.core.embedding import ClipEmbedder, ModelSpec
@@ -32,32 +31,7 @@ from pairfilter_dagster.core.images import decode_rgb
 from pairfilter_dagster.core.samples import SampleRules, read_samples
 from pairfilter_dagster.core.tables import build_image_pair_stats, build_raw_samples
 from pairfilter_dagster_tests.checkpoints import write_clip_checkpoint
-
-REPO = Path(__file__).resolve().parents[1]
-PHOTOS = sorted((REPO / "data" / "images").glob("*.jpg")) + sorted((REPO / "data" / "images").glob("*.png"))
-
-
-def distinct_photos(folder: Path, count: int, *, max_side: int | None = None, seed: int = 0) -> list[Path]:
-    """`count` JPEGs with distinct content: random crops (70-95%) of the bundled photos, some mirrored."""
-    rng = random.Random(seed)
-    folder.mkdir(parents=True, exist_ok=True)
-    sources = [Image.open(p).convert("RGB") for p in PHOTOS]
-    paths = []
-    for i in range(count):
-        image = sources[i % len(sources)]
-        w, h = image.size
-        cw, ch = int(w * rng.uniform(0.7, 0.95)), int(h * rng.uniform(0.7, 0.95))
-        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-        crop = image.crop((x, y, x + cw, y + ch))
-        if rng.random() < 0.5:
-            crop = ImageOps.mirror(crop)
-        if max_side:
-            crop.thumbnail((max_side, max_side))
-        path = folder / f"photo_{i:05d}.jpg"
-        crop.save(path, quality=90)
-        paths.append(path)
-    return paths
-
+from pairfilter_dagster_tests.photos import distinct_photos
 
 def write_dataset(data_dir: Path, pairs: list[tuple[Path, Path]]) -> Path:
     raw = data_dir / "raw"
@@ -203,6 +177,10 @@ def rethreshold_seconds(work: Path, rows: int) -> tuple[float, float]:
         }
         for i, s in enumerate(scores)
     )
+    (data_dir / "raw").mkdir()
+    with open(data_dir / "raw" / "m.jsonl", "w") as manifest:  # the shard exists: the dataset keeps its rows
+        manifest.writelines(json.dumps({"text": f"sample {i}", "images": [f"a{i}.jpg", f"b{i}.jpg"]}) + "\n"
+                            for i in range(rows))
     with store.connect(data_dir / "pairfilter.duckdb") as conn:
         store.replace_table_in_chunks(conn, "image_pair_stats", _chunks(stats, 10_000))
         started = time.perf_counter()
@@ -215,6 +193,8 @@ def rethreshold_seconds(work: Path, rows: int) -> tuple[float, float]:
         run_config={"ops": {"filtered_samples": {"config": {"min_score": 0.5, "max_score": 0.95}}}},
     )
     assert result.success
+    (event,) = result.asset_materializations_for_node("filtered_samples")
+    assert event.metadata["total"].value == rows, "the Dagster run must filter every row"
     return core, time.perf_counter() - started
 
 
@@ -234,7 +214,8 @@ import resource, sys
 import dagster as dg
 from pairfilter_dagster.defs import assets
 from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage
-result = dg.materialize([assets.raw_samples, assets.image_pair_stats, assets.filtered_samples],
+from pairfilter_dagster_tests.runs import materialize_all_shards
+result = materialize_all_shards([assets.raw_samples, assets.image_pair_stats, assets.filtered_samples], sys.argv[2],
     resources={"clip": ClipModel(hf_clip=sys.argv[1], device="cpu"), "storage": PairfilterStorage(data_dir=sys.argv[2])})
 assert result.success
 stats = result.asset_materializations_for_node("image_pair_stats")[0].metadata

@@ -2,15 +2,14 @@
 run, and a model actor killed mid-run is restarted by Ray without failing the run."""
 
 import os
-import random
 import signal
 import subprocess
 
-import dagster as dg
 import duckdb
 import pytest
 
 from .conftest import PHOTOS, read_samples_with_photos, write_manifest
+from .photos import distinct_photos
 from .runs import materialize_all_shards
 
 ray = pytest.importorskip("ray")  # a safety net only: CI installs the ray extra
@@ -177,26 +176,6 @@ def test_engine_ray_without_ray_installed_fails_before_any_work(bundled_data_dir
     assert not (bundled_data_dir / "pairfilter.duckdb").exists()
 
 
-def distinct_photos(folder, count, seed=0):
-    """`count` JPEGs of distinct content (random crops of the bundled photos, about 1 megapixel)."""
-    from PIL import Image
-
-    rng = random.Random(seed)
-    folder.mkdir(parents=True)
-    sources = [Image.open(p).convert("RGB") for p in sorted(PHOTOS.glob("*.jpg"))]
-    paths = []
-    for i in range(count):
-        image = sources[i % len(sources)]
-        w, h = image.size
-        cw, ch = int(w * rng.uniform(0.7, 0.95)), int(h * rng.uniform(0.7, 0.95))
-        x, y = rng.randint(0, w - cw), rng.randint(0, h - ch)
-        crop = image.crop((x, y, x + cw, y + ch))
-        crop.thumbnail((1200, 1200))
-        paths.append(folder / f"photo_{i:03d}.jpg")
-        crop.save(paths[-1], quality=90)
-    return paths
-
-
 def actor_pids():
     """Process ids of the model actors, found by their Ray process title."""
     out = subprocess.run(["ps", "-ww", "-eo", "pid=,args="], capture_output=True, text=True, check=True).stdout
@@ -205,7 +184,7 @@ def actor_pids():
 
 def test_a_killed_actor_is_restarted_and_the_run_succeeds(local_ray, tmp_path, tiny_clip_dir, embedder):
     data_dir = tmp_path / "data"
-    photos = distinct_photos(data_dir / "images", 64)
+    photos = distinct_photos(data_dir / "images", 64, max_side=1200)
     pairs = zip(photos[::2], photos[1::2])
     write_manifest(data_dir / "raw" / "pairs.jsonl", [{"text": "pair", "images": [str(a), str(b)]} for a, b in pairs])
     samples = read_samples_with_photos(data_dir / "raw")
