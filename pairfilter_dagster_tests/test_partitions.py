@@ -160,3 +160,16 @@ def test_a_shard_not_yet_ingested_fails_the_reconciliation_check_by_name(bundled
     (check,) = [c for c in result.get_asset_check_evaluations() if c.check_name == "every_sample_accounted_for"]
     assert not check.passed and "new.jsonl" in check.description
     assert check.metadata["mismatched_shards"].value == {"new.jsonl": {"manifest_lines": 1, "ingested": 0}}
+
+
+def test_a_partition_key_is_never_used_as_a_path(bundled_data_dir, tiny_clip_dir):
+    """A partition added by hand that names a file outside raw/ reads nothing: shards come from raw/ only."""
+    write_manifest(bundled_data_dir / "outside.jsonl", [{"images": ["images/cat.jpg", "images/img3.jpg"]}])
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(MANIFEST_SHARDS.name, ["../outside.jsonl"])
+    result = dg.materialize([assets.raw_samples], instance=instance, partition_key="../outside.jsonl",
+                            resources=resources(bundled_data_dir, tiny_clip_dir))
+    raw = metadata(result, "raw_samples")
+    assert (raw["dagster/row_count"], raw["manifest_lines"]) == (0, 0)
+    with duckdb.connect(str(bundled_data_dir / "pairfilter.duckdb"), read_only=True) as conn:
+        assert conn.execute("SELECT count(*) FROM raw_samples").fetchone()[0] == 0

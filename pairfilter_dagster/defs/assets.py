@@ -12,7 +12,7 @@ import dagster as dg
 
 from ..core import store
 from ..core.embedding import default_hf_clip
-from ..core.samples import count_lines, read_samples
+from ..core.samples import count_lines, find_manifests, manifest_name, read_samples
 from ..core.scoring import progress_logger
 from ..core.status import STATUS_DESCRIPTIONS, Status
 from ..core.summary import histogram_markdown, markdown_table, summarize_scores
@@ -82,8 +82,9 @@ def raw_samples(context: dg.AssetExecutionContext, storage: PairfilterStorage) -
     check_clip_run_config(context.run.run_config)
     rules = storage.sample_rules()  # refuses image_roots that are not folders, before any work
     shards = run_shards(context)
-    manifests = [storage.raw_dir / shard for shard in shards if (storage.raw_dir / shard).is_file()]
-    for missing in sorted(set(shards) - {m.relative_to(storage.raw_dir).as_posix() for m in manifests}):
+    # Only manifests found under raw/: a partition key is never used as a path (a key like ../x.jsonl reads nothing).
+    manifests = [path for path in find_manifests(storage.raw_dir) if manifest_name(storage.raw_dir, path) in shards]
+    for missing in sorted(set(shards) - {manifest_name(storage.raw_dir, path) for path in manifests}):
         context.log.warning(f"Shard {missing!r}: no manifest {storage.raw_dir / missing}; its rows are removed")
     with storage.connect() as conn:
         counts = build_raw_samples(conn, read_samples(storage.raw_dir, rules, shards=shards), shards=shards)
