@@ -14,6 +14,7 @@ import dagster as dg
 import yaml
 
 from .definitions import defs
+from .defs.resources import PairfilterStorage
 from .defs.partitions import all_shards_tags, registered_shards, sync_shard_partitions
 
 
@@ -44,7 +45,9 @@ def load_run_config(paths: list[str], config_json: str | None = None) -> dict:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     run_config = load_run_config(args.config, args.config_json)
-    storage = defs.resources["storage"]
+    # The data folder as the run will see it: the definitions' default, or the run config's override.
+    overrides = run_config.get("resources", {}).get("storage", {}).get("config", {})
+    storage = PairfilterStorage(data_dir=overrides.get("data_dir", defs.resources["storage"].data_dir))
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     with instance:
         added, deleted = sync_shard_partitions(instance, storage.raw_dir)

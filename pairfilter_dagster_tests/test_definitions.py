@@ -85,10 +85,13 @@ def test_pairfilter_materialize_runs_every_shard_and_the_dataset_in_one_run(bund
         materialized = instance.get_materialized_partitions(dg.AssetKey("image_pair_stats"))
     assert materialized == {"more/edge_cases.jsonl", "pairs.jsonl"}
 
-    # A removed manifest: its partition and its rows go, and the dataset is rebuilt without it.
+    # A removed manifest: its partition and its rows go, and the dataset is rebuilt without it. (The data folder
+    # given in the run config this time: the partitions follow that folder, not the default one.)
     (bundled_data_dir / "raw" / "more" / "edge_cases.jsonl").unlink()
-    done = subprocess.run([PAIRFILTER_MATERIALIZE], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=300)
+    elsewhere = {**env, "PAIRFILTER_DATA_DIR": str(tmp_path / "no-such-folder")}
+    in_config = json.dumps({"resources": {"storage": {"config": {"data_dir": str(bundled_data_dir)}}}})
+    done = subprocess.run([PAIRFILTER_MATERIALIZE, "--config-json", in_config], cwd=tmp_path, env=elsewhere,
+                          capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "1 shards" in done.stdout and "deleted: 1" in done.stdout
     with duckdb.connect(str(bundled_data_dir / "pairfilter.duckdb"), read_only=True) as conn:
