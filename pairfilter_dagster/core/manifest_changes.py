@@ -8,7 +8,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .samples import find_manifests
+from .samples import find_manifests, manifest_name
 
 
 @dataclass(frozen=True)
@@ -35,7 +35,7 @@ def fingerprint_manifests(raw_dir: Path) -> dict[str, str]:
         with open(path, "rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 digest.update(block)
-        fingerprints[path.relative_to(raw_dir).as_posix()] = digest.hexdigest()
+        fingerprints[manifest_name(raw_dir, path)] = digest.hexdigest()
     return fingerprints
 
 
@@ -52,7 +52,7 @@ def still_being_written(raw_dir: Path, settle_seconds: float) -> list[str]:
     raw_dir = Path(raw_dir)
     now = time.time()
     return [
-        path.relative_to(raw_dir).as_posix()
+        manifest_name(raw_dir, path)
         for path in find_manifests(raw_dir)
         if now - path.stat().st_mtime < settle_seconds
     ]

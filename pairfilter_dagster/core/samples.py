@@ -96,6 +96,11 @@ def manifest_name(raw_dir: Path, path: Path) -> str:
     return Path(path).relative_to(raw_dir).as_posix()
 
 
+def manifest_names(raw_dir: Path) -> list[str]:
+    """The shard names of every manifest under `raw_dir`, sorted."""
+    return [manifest_name(raw_dir, path) for path in find_manifests(raw_dir)]
+
+
 def read_samples(
     raw_dir: Path, rules: SampleRules | None = None, shards: Sequence[str] | None = None
 ) -> Iterator[Sample]:

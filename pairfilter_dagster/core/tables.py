@@ -14,7 +14,7 @@ from .embedding import ClipEmbedder
 from .filtering import FilterSettings, keep_flags
 from .images import DEFAULT_MAX_IMAGE_PIXELS
 from .outputs import StagedFile, dj_record, staged_file
-from .samples import Sample, find_manifests, manifest_name
+from .samples import Sample, manifest_names
 from .scoring import (
     DEFAULT_CHUNK_SIZE, DEFAULT_WORKERS, EmbeddingEngine, PairScorer, ProgressCallback, ScoringReport, chunked,
 )
@@ -118,7 +118,7 @@ def prune_removed_manifests(conn: duckdb.DuckDBPyConnection, raw_dir: Path) -> l
     shard has been materialized yet. Returns the shards removed."""
     for table in ("raw_samples", "image_pair_stats"):
         store.ensure_table(conn, table)
-    on_disk = {manifest_name(raw_dir, path) for path in find_manifests(raw_dir)}
+    on_disk = set(manifest_names(raw_dir))
     stored = set(store.stored_shards(conn, "raw_samples")) | set(store.stored_shards(conn, "image_pair_stats"))
     removed = sorted(stored - on_disk)
     if removed:

@@ -11,7 +11,7 @@ from typing import Sequence
 import dagster as dg
 from dagster._core.storage.tags import ASSET_PARTITION_RANGE_END_TAG, ASSET_PARTITION_RANGE_START_TAG
 
-from ..core.samples import find_manifests, manifest_name
+from ..core.samples import manifest_names
 
 MANIFEST_SHARDS = dg.DynamicPartitionsDefinition(name="manifest_shards")
 DUCKDB_POOL = "pairfilter_duckdb"
@@ -22,17 +22,13 @@ SHARD_ASSET_DEFAULTS = dict(
 )
 
 
-def manifests_on_disk(raw_dir: Path) -> list[str]:
-    return [manifest_name(raw_dir, path) for path in find_manifests(raw_dir)]
-
-
 def registered_shards(instance: dg.DagsterInstance) -> list[str]:
     return list(instance.get_dynamic_partitions(MANIFEST_SHARDS.name))
 
 
 def shard_partition_changes(instance: dg.DagsterInstance, raw_dir: Path) -> tuple[list[str], list[str]]:
     """(manifests without a partition, partitions without a manifest)."""
-    on_disk, registered = manifests_on_disk(raw_dir), registered_shards(instance)
+    on_disk, registered = manifest_names(raw_dir), registered_shards(instance)
     return [m for m in on_disk if m not in registered], [p for p in registered if p not in on_disk]
 
 
