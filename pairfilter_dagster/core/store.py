@@ -131,13 +131,11 @@ def replace_table_in_chunks(
     old rows stay (used to publish a file together with its table)."""
     columns = TABLES[table]
     names = [name for name, _, _ in columns]
-    definition = ", ".join(f'"{name}" {sql_type}' for name, sql_type, _ in columns)  # shards=None: a new table
     select = ", ".join(f'CAST("{name}" AS {sql_type})' for name, sql_type, _ in columns)
     written = 0
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         if shards is None:
-            conn.execute(f'CREATE OR REPLACE TABLE "{table}" ({definition})')
+            conn.execute(f'CREATE OR REPLACE TABLE "{table}" ({table_definition(table)})')
         else:
             ensure_table(conn, table)
             where, params = shard_filter(shards)
@@ -157,18 +155,30 @@ def replace_table_in_chunks(
             written += len(frame)
         if before_commit:
             before_commit()
-        conn.execute("COMMIT")
+    return written
+
+
+@contextmanager
+def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """Commit what the block does, or roll all of it back if the block raises (a kill, too, leaves nothing)."""
+    conn.execute("BEGIN TRANSACTION")
+    try:
+        yield
     except BaseException:
         conn.execute("ROLLBACK")
         raise
-    return written
+    conn.execute("COMMIT")
+
+
+def table_definition(table: str) -> str:
+    """The column list of `CREATE TABLE`, from `TABLES`."""
+    return ", ".join(f'"{name}" {sql_type}' for name, sql_type, _ in TABLES[table])
 
 
 def ensure_table(conn: duckdb.DuckDBPyConnection, table: str) -> None:
     """Create `table` empty if it does not exist; refuse one written by another version of the schema (its other
     shards' rows would not fit)."""
-    definition = ", ".join(f'"{name}" {sql_type}' for name, sql_type, _ in TABLES[table])
-    conn.execute(f'CREATE TABLE IF NOT EXISTS "{table}" ({definition})')
+    conn.execute(f'CREATE TABLE IF NOT EXISTS "{table}" ({table_definition(table)})')
     found = [row[0] for row in conn.execute(f'DESCRIBE "{table}"').fetchall()]
     expected = [name for name, _, _ in TABLES[table]]
     if found != expected:
@@ -182,15 +192,10 @@ def delete_shards(conn: duckdb.DuckDBPyConnection, tables: Sequence[str], shards
     """Delete the rows of `shards` from `tables` in one transaction; returns the rows deleted."""
     deleted = 0
     where, params = shard_filter(shards)
-    conn.execute("BEGIN TRANSACTION")
-    try:
+    with transaction(conn):
         for table in tables:
             if table_exists(conn, table):
                 deleted += conn.execute(f'DELETE FROM "{table}" {where}', params).fetchone()[0]
-        conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
-        raise
     return deleted
 
 
