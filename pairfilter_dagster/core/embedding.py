@@ -85,13 +85,9 @@ class ClipEmbedder:
     def load(cls, spec: ModelSpec) -> "ClipEmbedder":
         """Load model and image processor with `from_pretrained`, in eval mode, on the chosen device."""
         import torch
-        from transformers import AutoConfig, AutoImageProcessor, CLIPModel
+        from transformers import AutoConfig, CLIPModel
 
-        source = spec.hf_clip
-        if looks_like_local_path(source):
-            source = str(Path(source).expanduser())
-            if not Path(source).is_dir():
-                raise _load_failure(spec, FileNotFoundError(f"no such folder: {source}"))
+        source = model_source(spec)
         device = resolve_device(spec.device)
         if spec.dtype != "float32" and device != "cuda":
             raise ValueError(f"dtype: {spec.dtype} needs device cuda; on {device} use float32")
@@ -104,7 +100,7 @@ class ClipEmbedder:
                     f"{getattr(config, 'model_type', None)!r}); image_pair_similarity needs a CLIP checkpoint"
                 )
             model = CLIPModel.from_pretrained(source, config=config, dtype=getattr(torch, spec.dtype), **common)
-            image_processor = AutoImageProcessor.from_pretrained(source, **common)
+            image_processor = load_image_processor(spec, source)
         except ModelLoadError:
             raise
         except Exception as exc:  # hub, network, file and config errors all come out as one clear message
@@ -122,7 +118,7 @@ class ClipEmbedder:
 
     def preprocess(self, image: "Image.Image") -> np.ndarray:
         """One image's pixel values (C, H, W); thread-safe, so worker threads can prepare batches."""
-        return self.image_processor(images=[image], return_tensors="np")["pixel_values"][0]
+        return pixel_values(self.image_processor, image)
 
     def embed_pixels(self, pixel_values: Any) -> np.ndarray:
         """One forward pass over a batch (tensor or stacked numpy array); rows are L2-normalised float32."""
@@ -150,6 +146,31 @@ class ClipEmbedder:
     def embed(self, images: "Sequence[Image.Image]") -> np.ndarray:
         """Preprocess and embed a few images in one forward pass (the pipeline preprocesses in worker threads)."""
         return self.embed_pixels(np.stack([self.preprocess(image) for image in images]))
+
+
+def model_source(spec: ModelSpec) -> str:
+    """What `from_pretrained` is given: the hub id, or the local folder (`~` expanded), which must exist."""
+    if not looks_like_local_path(spec.hf_clip):
+        return spec.hf_clip
+    folder = str(Path(spec.hf_clip).expanduser())
+    if not Path(folder).is_dir():
+        raise _load_failure(spec, FileNotFoundError(f"no such folder: {folder}"))
+    return folder
+
+
+def load_image_processor(spec: ModelSpec, source: str | None = None) -> Any:
+    """The checkpoint's own image processor (`AutoImageProcessor.from_pretrained`, same revision and
+    trust_remote_code as the model)."""
+    from transformers import AutoImageProcessor
+
+    return AutoImageProcessor.from_pretrained(
+        source or model_source(spec), revision=spec.revision, trust_remote_code=spec.trust_remote_code
+    )
+
+
+def pixel_values(image_processor: Any, image: "Image.Image") -> np.ndarray:
+    """One image's pixel values (C, H, W) as the image processor makes them: every engine preprocesses this way."""
+    return image_processor(images=[image], return_tensors="np")["pixel_values"][0]
 
 
 def model_fingerprint(model: Any, image_processor: Any, dtype: str) -> str:

@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .embedding import ClipEmbedder, ModelSpec, looks_like_local_path
+from .embedding import ClipEmbedder, ModelSpec, load_image_processor, pixel_values
 from .scoring import EmbeddedBatch, prepare_pixels
 
 INSTALL_HINT = "engine 'ray' needs Ray: pip install 'pairfilter-dagster[ray]'"
@@ -74,15 +74,12 @@ def ray_session(address: str | None = None, *, log: Callable[[str], None] | None
 @functools.lru_cache(maxsize=4)
 def _image_processor(spec: ModelSpec) -> Any:
     """The checkpoint's image processor, loaded once per worker process."""
-    from transformers import AutoImageProcessor
-
-    source = os.path.expanduser(spec.hf_clip) if looks_like_local_path(spec.hf_clip) else spec.hf_clip
-    return AutoImageProcessor.from_pretrained(source, revision=spec.revision, trust_remote_code=spec.trust_remote_code)
+    return load_image_processor(spec)
 
 
 def _preprocess(image: Any, spec: ModelSpec) -> np.ndarray:
     """Exactly `ClipEmbedder.preprocess`, with the processor of this worker process."""
-    return _image_processor(spec)(images=[image], return_tensors="np")["pixel_values"][0]
+    return pixel_values(_image_processor(spec), image)
 
 
 @functools.lru_cache(maxsize=4)
