@@ -83,8 +83,9 @@ def raw_samples(context: dg.AssetExecutionContext, storage: PairfilterStorage) -
     rules = storage.sample_rules()  # refuses image_roots that are not folders, before any work
     shards = run_shards(context)
     # Only manifests found under raw/: a partition key is never used as a path (a key like ../x.jsonl reads nothing).
-    manifests = [path for path in find_manifests(storage.raw_dir) if manifest_name(storage.raw_dir, path) in shards]
-    for missing in sorted(set(shards) - {manifest_name(storage.raw_dir, path) for path in manifests}):
+    found = {manifest_name(storage.raw_dir, path): path for path in find_manifests(storage.raw_dir)}
+    manifests = [found[shard] for shard in shards if shard in found]
+    for missing in sorted(shard for shard in shards if shard not in found):
         context.log.warning(f"Shard {missing!r}: no manifest {storage.raw_dir / missing}; its rows are removed")
     with storage.connect() as conn:
         counts = build_raw_samples(conn, read_samples(storage.raw_dir, rules, shards=shards), shards=shards)
