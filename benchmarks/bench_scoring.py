@@ -26,12 +26,15 @@ import torch
 from PIL import Image
 
 from pairfilter_dagster.core import store
-from pairfilter_dagster.core.embedding import ClipEmbedder, ModelSpec
+from pairfilter_dagster.core.embedding.model import ClipEmbedder, ModelSpec
 from pairfilter_dagster.core.images import decode_rgb
-from pairfilter_dagster.core.samples import SampleRules, read_samples
-from pairfilter_dagster.core.tables import build_image_pair_stats, build_raw_samples
-from pairfilter_dagster_tests.checkpoints import write_clip_checkpoint
-from pairfilter_dagster_tests.photos import distinct_photos
+from pairfilter_dagster.core.ingest.samples import SampleRules, read_samples
+from pairfilter_dagster.core import stages
+from pairfilter_dagster.core.embedding.local import LocalEngine
+from pairfilter_dagster.core.schema import Status, StatsRow
+from pairfilter_dagster.core.scoring import chunked
+from pairfilter_dagster.testing import write_clip_checkpoint
+from pairfilter_dagster.testing import distinct_photos
 
 def write_dataset(data_dir: Path, pairs: list[tuple[Path, Path]]) -> Path:
     raw = data_dir / "raw"
@@ -73,13 +76,14 @@ def our_scoring(embedder, data_dir: Path, photos_dir: Path, batch_size: int, wor
     writes. Returns (seconds, report)."""
     rules = SampleRules.for_data_dir(data_dir, [str(photos_dir)])
     with store.connect(data_dir / "pairfilter.duckdb") as conn:
-        build_raw_samples(conn, read_samples(data_dir / "raw", rules))
+        stages.ingest(conn, read_samples(data_dir / "raw", rules))
         started = time.perf_counter()
-        report = build_image_pair_stats(conn, embedder, batch_size=batch_size, workers=workers)
+        with LocalEngine(embedder, batch_size=batch_size, workers=workers) as engine:
+            report = stages.score(conn, embedder, engine, workers=workers)
         if embedder.device == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
-    if set(report.status_counts) != {"ok"}:
+    if set(report.status_counts) != {Status.OK}:
         raise RuntimeError(f"every benchmark sample must score, got {report.status_counts}")
     return seconds, report
 
@@ -88,10 +92,11 @@ def ray_scoring(spec: ModelSpec, embedder, data_dir: Path, photos_dir: Path, arg
     """The stats asset's work with the Ray engine on a fresh data folder (empty cache), in one chunk as the pipeline
     does. Returns (seconds end to end, seconds until the first embedded batch reached the step). The latter is
     mostly the per-chunk start-up: actor processes, their torch/transformers imports, the model load."""
-    from pairfilter_dagster.core.ray_engine import RayEngine
+    from pairfilter_dagster.core.embedding.ray_engine import RayEngine, RaySettings
 
-    engine = RayEngine(spec, batch_size=args.batch_size, actors=args.ray_actors, num_cpus=args.ray_num_cpus,
-                       num_gpus=1.0 if args.device == "cuda" else 0.0)
+    settings = RaySettings(actors=args.ray_actors, num_cpus=args.ray_num_cpus,
+                           num_gpus=1.0 if args.device == "cuda" else 0.0)
+    engine = RayEngine(spec, batch_size=args.batch_size, settings=settings)
     first_batch_at: list[float] = []
 
     def on_progress(report, refs_done) -> None:
@@ -100,12 +105,12 @@ def ray_scoring(spec: ModelSpec, embedder, data_dir: Path, photos_dir: Path, arg
 
     rules = SampleRules.for_data_dir(data_dir, [str(photos_dir)])
     with store.connect(data_dir / "pairfilter.duckdb") as conn:
-        build_raw_samples(conn, read_samples(data_dir / "raw", rules))
+        stages.ingest(conn, read_samples(data_dir / "raw", rules))
         started = time.perf_counter()
-        report = build_image_pair_stats(conn, embedder, batch_size=args.batch_size, workers=args.workers,
-                                        chunk_size=20_000, engine=engine, on_progress=on_progress)
+        with engine:
+            report = stages.score(conn, embedder, engine, workers=args.workers, on_progress=on_progress)
         ended = time.perf_counter()
-    if set(report.status_counts) != {"ok"}:
+    if set(report.status_counts) != {Status.OK}:
         raise RuntimeError(f"every benchmark sample must score, got {report.status_counts}")
     return ended - started, first_batch_at[0] - started
 
@@ -115,7 +120,7 @@ def actor_throughput(spec: ModelSpec, embedder, paths, args) -> tuple[float, int
     cluster when decoding runs elsewhere. Returns (images/s, torch threads in the actor)."""
     import ray
 
-    from pairfilter_dagster.core.ray_engine import ClipEmbedActor
+    from pairfilter_dagster.core.embedding.ray_engine import ClipEmbedActor
 
     @ray.remote
     class TimedActor(ClipEmbedActor):
@@ -160,8 +165,7 @@ def rethreshold_seconds(work: Path, rows: int) -> tuple[float, float]:
     import dagster as dg
 
     from pairfilter_dagster.core.filtering import FilterSettings
-    from pairfilter_dagster.core.tables import build_filtered_samples
-    from pairfilter_dagster.defs.assets import filtered_samples
+    from pairfilter_dagster.defs.pipeline import build_pipeline
     from pairfilter_dagster.defs.resources import PairfilterStorage
 
     data_dir = work / "rethreshold"
@@ -169,12 +173,12 @@ def rethreshold_seconds(work: Path, rows: int) -> tuple[float, float]:
     rng = np.random.default_rng(0)
     scores = rng.uniform(0.0, 1.0, rows)
     stats = (
-        {
-            "sample_id": f"m.jsonl:{i + 1}", "manifest": "m.jsonl", "line_number": i + 1,
-            "images": [f"a{i}.jpg", f"b{i}.jpg"], "image_pair_similarity": [float(s)], "status": "ok",
-            "error": "", "image_hashes": ["", ""],
-            "sample_json": json.dumps({"text": f"sample {i}", "images": [f"a{i}.jpg", f"b{i}.jpg"]}),
-        }
+        StatsRow(
+            sample_id=f"m.jsonl:{i + 1}", manifest="m.jsonl", line_number=i + 1,
+            images=(f"a{i}.jpg", f"b{i}.jpg"), image_pair_similarity=(float(s),), image_hashes=("", ""),
+            sample_json=json.dumps({"text": f"sample {i}", "images": [f"a{i}.jpg", f"b{i}.jpg"]}),
+            image_pairs=((0, 1),),
+        )
         for i, s in enumerate(scores)
     )
     (data_dir / "raw").mkdir()
@@ -182,13 +186,15 @@ def rethreshold_seconds(work: Path, rows: int) -> tuple[float, float]:
         manifest.writelines(json.dumps({"text": f"sample {i}", "images": [f"a{i}.jpg", f"b{i}.jpg"]}) + "\n"
                             for i in range(rows))
     with store.connect(data_dir / "pairfilter.duckdb") as conn:
-        store.replace_table_in_chunks(conn, "image_pair_stats", _chunks(stats, 10_000))
+        with store.TableWriter(conn, StatsRow) as table:
+            for chunk in chunked(stats, 10_000):
+                table.write(chunk)
         started = time.perf_counter()
-        build_filtered_samples(conn, FilterSettings(0.3, 0.9), data_dir / "output" / "core.jsonl")
+        stages.filter_and_publish(conn, FilterSettings(0.3, 0.9), data_dir / "output" / "core.jsonl")
         core = time.perf_counter() - started
     started = time.perf_counter()
     result = dg.materialize(
-        [filtered_samples],
+        [build_pipeline().filtered_samples],
         resources={"storage": PairfilterStorage(data_dir=str(data_dir))},
         run_config={"ops": {"filtered_samples": {"config": {"min_score": 0.5, "max_score": 0.95}}}},
     )
@@ -198,28 +204,10 @@ def rethreshold_seconds(work: Path, rows: int) -> tuple[float, float]:
     return core, time.perf_counter() - started
 
 
-def _chunks(items, size):
-    chunk = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
-
-
 PEAK_RSS_SCRIPT = """
 import resource, sys
-import dagster as dg
-from pairfilter_dagster.defs import assets
-from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage
-from pairfilter_dagster_tests.runs import materialize_all_shards
-result = materialize_all_shards([assets.raw_samples, assets.image_pair_stats, assets.filtered_samples], sys.argv[2],
-    resources={"clip": ClipModel(hf_clip=sys.argv[1], device="cpu"), "storage": PairfilterStorage(data_dir=sys.argv[2])})
-assert result.success
-stats = result.asset_materializations_for_node("image_pair_stats")[0].metadata
-assert stats["status_ok"].value == stats["dagster/row_count"].value, "every sample must score"
+from pairfilter_dagster.cli import main
+assert main([]) == 0
 print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
 
@@ -230,8 +218,9 @@ def peak_rss_mib(work: Path, clip_dir: Path, samples: int, name: str) -> float:
     photos = distinct_photos(work / name / "images", 2 * samples, max_side=96, seed=samples)
     data_dir = write_dataset(work / name, list(zip(photos[::2], photos[1::2])))
     out = subprocess.run(
-        [sys.executable, "-c", PEAK_RSS_SCRIPT, str(clip_dir), str(data_dir)],
-        capture_output=True, text=True, check=True, env={**os.environ, "PYTHONWARNINGS": "ignore"},
+        [sys.executable, "-c", PEAK_RSS_SCRIPT], capture_output=True, text=True, check=True,
+        env={**os.environ, "PYTHONWARNINGS": "ignore", "PAIRFILTER_DATA_DIR": str(data_dir),
+             "PAIRFILTER_HF_CLIP": str(clip_dir)},
     )
     return int(out.stdout.strip().splitlines()[-1]) / 1024
 

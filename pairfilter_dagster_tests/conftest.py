@@ -7,11 +7,10 @@ from pathlib import Path
 
 import pytest
 
-from .checkpoints import write_clip_checkpoint
+from pairfilter_dagster.testing import PHOTOS, write_clip_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED_DATA = REPO / "data"
-PHOTOS = BUNDLED_DATA / "images"
 
 
 @pytest.fixture(scope="session")
@@ -21,7 +20,7 @@ def tiny_clip_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def embedder(tiny_clip_dir):
-    from pairfilter_dagster.core.embedding import ClipEmbedder, ModelSpec
+    from pairfilter_dagster.core.embedding.model import ClipEmbedder, ModelSpec
 
     return ClipEmbedder.load(ModelSpec(str(tiny_clip_dir), device="cpu"))
 
@@ -45,48 +44,7 @@ def write_manifest(path: Path, samples: list) -> Path:
 def read_samples_with_photos(raw_dir: Path, pairing: str = "exactly_two") -> list:
     """Samples of the manifests under `raw_dir`, with the repo's photos allowed as an extra image root (tests
     refer to them by absolute path; by default only the data folder above `raw_dir` is allowed)."""
-    from pairfilter_dagster.core.samples import SampleRules, read_samples
+    from pairfilter_dagster.core.ingest.samples import SampleRules, read_samples
 
     rules = SampleRules.for_data_dir(raw_dir.parent, [str(raw_dir.parent), str(PHOTOS)], pairing)
     return list(read_samples(raw_dir, rules))
-
-
-UNUSUAL_IMAGES = ("gray.png", "gray16.png", "rgba.png", "palette.png", "cmyk.jpg", "photo.webp", "rotated.jpg")
-"""One real photo (cat.jpg) in the modes and formats real datasets hold; each must decode and score."""
-
-
-def write_unusual_images(folder: Path) -> dict[str, Path]:
-    import numpy as np
-    from PIL import Image
-
-    folder.mkdir(parents=True, exist_ok=True)
-    with Image.open(PHOTOS / "cat.jpg") as original:
-        photo = original.convert("RGB")
-    gray = photo.convert("L")
-    rgba = photo.convert("RGBA")
-    rgba.putalpha(128)
-    exif = Image.Exif()
-    exif[0x0112] = 6  # orientation 6: stored turned left, "rotate 90 degrees clockwise to display"
-    writers = {
-        "gray.png": lambda path: gray.save(path),
-        "gray16.png": lambda path: Image.fromarray(np.asarray(gray).astype(np.uint16) * 257).save(path),
-        "rgba.png": lambda path: rgba.save(path),
-        "palette.png": lambda path: photo.convert("P", palette=Image.Palette.ADAPTIVE, colors=256).save(path),
-        "cmyk.jpg": lambda path: photo.convert("CMYK").save(path, quality=95),
-        "photo.webp": lambda path: photo.save(path, quality=95),
-        "rotated.jpg": lambda path: photo.transpose(Image.Transpose.ROTATE_90).save(path, quality=95, exif=exif),
-    }
-    paths = {}
-    for name in UNUSUAL_IMAGES:
-        paths[name] = folder / name
-        writers[name](paths[name])
-    return paths
-
-
-def write_decompression_bomb(path: Path, size: tuple[int, int] = (10_000, 9_000)) -> Path:
-    """A real, tiny PNG (about 10 kB) that decodes to `size` pixels: 90 million by default, over PIL's limit."""
-    from PIL import Image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.new("1", size).save(path)
-    return path

@@ -4,20 +4,20 @@ from pathlib import Path
 
 import dagster as dg
 
-from pairfilter_dagster.defs.partitions import MANIFEST_SHARDS, all_shards_tags, registered_shards, sync_shard_partitions
+from pairfilter_dagster.defs.partitions import every_shard_tags
+
+from .pipeline import MANIFEST_SHARDS
 
 
 def materialize_all_shards(selection, data_dir: Path, *, instance: dg.DagsterInstance | None = None, **kwargs):
-    """`dg.materialize` over every shard of `data_dir` in one run (as a single-run backfill, the schedule and
-    `pairfilter-materialize` do), after making the shard partitions match the manifests. With no shard at all,
-    only the unpartitioned assets (and their checks) run, as in `pairfilter-materialize`."""
+    """`dg.materialize` over every shard of `data_dir` in one run, as `pairfilter-materialize` does. With no shard
+    at all, only the unpartitioned assets (and their checks) run."""
     instance = instance or dg.DagsterInstance.ephemeral()
-    sync_shard_partitions(instance, Path(data_dir) / "raw")
-    shards = registered_shards(instance)
-    if not shards:
+    shard_tags = every_shard_tags(instance, MANIFEST_SHARDS, Path(data_dir) / "raw")
+    if shard_tags is None:
         shard_keys = {key for a in selection if is_sharded(a) for key in a.keys}
         selection = [a for a in selection if not is_sharded(a) and not (set(check_targets(a)) & shard_keys)]
-    tags = {**(kwargs.pop("tags", None) or {}), **(all_shards_tags(shards) if shards else {})}
+    tags = {**(kwargs.pop("tags", None) or {}), **(shard_tags or {})}
     return dg.materialize(selection, instance=instance, tags=tags, **kwargs)
 
 

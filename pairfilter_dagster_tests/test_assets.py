@@ -6,14 +6,15 @@ import dagster as dg
 import duckdb
 import pytest
 
-from pairfilter_dagster.core.embedding import ModelLoadError
-from pairfilter_dagster.defs import assets, checks
+from pairfilter_dagster.core.embedding.model import ModelLoadError
 from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage
+
+from .pipeline import PIPELINE as assets
 
 from .runs import materialize_all_shards
 
 ASSETS = [assets.raw_samples, assets.image_pair_stats, assets.filtered_samples]
-CHECKS = dg.load_asset_checks_from_modules([checks])
+CHECKS = assets.checks
 EDGE_CASES = {
     "more/edge_cases.jsonl:1": "missing_image",
     "more/edge_cases.jsonl:2": "not_a_pair",

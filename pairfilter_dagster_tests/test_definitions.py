@@ -10,8 +10,10 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from pairfilter_dagster.definitions import defs
-from pairfilter_dagster.defs.partitions import DUCKDB_POOL, MANIFEST_SHARDS, all_shards_tags
+from .pipeline import DEFS as defs
+from pairfilter_dagster.defs.partitions import DUCKDB_POOL, all_shards_tags
+
+from .pipeline import MANIFEST_SHARDS
 
 from .conftest import REPO
 
@@ -21,7 +23,7 @@ PAIRFILTER_MATERIALIZE = str(Path(sys.executable).parent / "pairfilter-materiali
 
 def test_definitions_load_without_torch_or_transformers():
     code = (
-        "import sys, pairfilter_dagster.definitions as d; d.defs.resolve_asset_graph(); "
+        "import sys, pairfilter_dagster.definitions as d; d.defs().resolve_asset_graph(); "
         "print(sorted(m for m in ('torch', 'transformers') if m in sys.modules))"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=REPO)

@@ -3,11 +3,13 @@ import torch
 from PIL import Image
 from transformers import CLIPImageProcessor, CLIPModel
 
-from pairfilter_dagster.core.embedding import ClipEmbedder, ModelLoadError, ModelSpec
+from pairfilter_dagster.core.embedding.model import ClipEmbedder, ModelLoadError, ModelSpec
 from pairfilter_dagster.core.scoring import score_samples
 
-from .checkpoints import write_clip_checkpoint, write_vit_checkpoint
-from .conftest import PHOTOS, read_samples_with_photos, write_manifest
+from pairfilter_dagster.testing import write_clip_checkpoint, write_vit_checkpoint
+from pairfilter_dagster.testing import PHOTOS
+
+from .conftest import read_samples_with_photos, write_manifest
 
 PAIRS = [("cat.jpg", "img2.jpg"), ("img1.png", "img3.jpg"), ("cat.jpg", "cat_crop.jpg"), ("img2.jpg", "img2_small.png")]
 

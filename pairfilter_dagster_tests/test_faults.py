@@ -16,11 +16,12 @@ import duckdb
 import pytest
 
 from pairfilter_dagster.core import store
-from pairfilter_dagster.core.outputs import staged_file
-from pairfilter_dagster.defs import assets
-from pairfilter_dagster.defs.partitions import MANIFEST_SHARDS
+from pairfilter_dagster.core.schema import FilteredRow, StatsRow
+from pairfilter_dagster.core.publish import staged_file
+from .pipeline import PIPELINE as assets
+from .pipeline import MANIFEST_SHARDS
 
-from .checkpoints import write_clip_checkpoint
+from pairfilter_dagster.testing import write_clip_checkpoint
 from .conftest import REPO
 from .test_assets import ASSETS, query, read_jsonl, run, step_failure
 from .test_definitions import DAGSTER
@@ -54,7 +55,7 @@ def snapshot(data_dir: Path) -> dict:
 def test_waiting_for_the_lock_is_reported_once_and_times_out_with_a_clear_message(tmp_path):
     database = tmp_path / "p.duckdb"
     with store.connect(database) as conn:
-        store.replace_table(conn, "image_pair_stats", [])
+        store.ensure_table(conn, StatsRow)
     heard = []
     with lock_held_by_another_process(database, "write"):
         with pytest.raises(store.StoreLockedError, match="lock_wait_seconds") as caught:
@@ -70,14 +71,14 @@ def test_a_failure_before_commit_keeps_the_old_table_and_the_old_file(tmp_path):
     database, target = tmp_path / "p.duckdb", tmp_path / "out.jsonl"
     target.write_text("old\n")
     with store.connect(database) as conn:
-        store.replace_table(conn, "filtered_samples", [])
+        store.ensure_table(conn, FilteredRow)
         with pytest.raises(OSError):
-            with staged_file(target) as staged:
+            with store.TableWriter(conn, FilteredRow) as table, staged_file(target) as staged:
                 staged.write_line("new")
                 staged.path = tmp_path / "no-such-folder" / "out.jsonl"  # publishing fails
-                row = {"sample_id": "m:1", "manifest": "m", "line_number": 1, "images": [],
-                       "image_pair_similarity": [0.5], "sample_json": "{}"}
-                store.replace_table(conn, "filtered_samples", [row], before_commit=staged.publish)
+                table.write([FilteredRow(sample_id="m:1", manifest="m", line_number=1, image_pair_similarity=(0.5,),
+                                         sample_json="{}")])
+                staged.publish()
         assert store.row_count(conn, "filtered_samples") == 0
     assert target.read_text() == "old\n" and sorted(p.name for p in tmp_path.iterdir()) == ["out.jsonl", "p.duckdb"]
 

@@ -2,29 +2,33 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pairfilter_dagster.core.filtering import FilterSettings, keep_flags, keep_sample
-from pairfilter_dagster.core.pairing import PAIRINGS, image_pairs
+from pairfilter_dagster.core.filtering import FilterSettings, keep_row, keep_sample
+from pairfilter_dagster.core.schema import StatsRow, Status
+from pairfilter_dagster.core.ingest.pairing import PAIRINGS, image_pairs
 
 
 def test_bounds_are_inclusive():
     settings = FilterSettings(min_score=0.3, max_score=0.8)
-    assert keep_sample("ok", [0.3], settings) and keep_sample("ok", [0.8], settings)
-    assert not keep_sample("ok", [0.2999999], settings) and not keep_sample("ok", [0.8000001], settings)
+    assert keep_sample(Status.OK, [0.3], settings) and keep_sample(Status.OK, [0.8], settings)
+    assert not keep_sample(Status.OK, [0.2999999], settings) and not keep_sample(Status.OK, [0.8000001], settings)
 
 
 def test_any_versus_all():
     scores = [0.2, 0.5]
-    assert keep_sample("ok", scores, FilterSettings(0.4, 1.0, "any"))
-    assert not keep_sample("ok", scores, FilterSettings(0.4, 1.0, "all"))
-    assert keep_sample("ok", scores, FilterSettings(0.1, 1.0, "all"))
+    assert keep_sample(Status.OK, scores, FilterSettings(0.4, 1.0, "any"))
+    assert not keep_sample(Status.OK, scores, FilterSettings(0.4, 1.0, "all"))
+    assert keep_sample(Status.OK, scores, FilterSettings(0.1, 1.0, "all"))
 
 
 def test_only_ok_samples_with_scores_are_kept():
     settings = FilterSettings()
-    assert not keep_sample("missing_image", [0.5], settings)
-    assert not keep_sample("ok", [], settings)
-    assert not keep_sample("ok", [float("nan")], settings)
-    assert keep_flags([("ok", [0.5]), ("not_a_pair", []), ("ok", [0.05])], settings) == [True, False, False]
+    assert not keep_sample(Status.MISSING_IMAGE, [0.5], settings)
+    assert not keep_sample(Status.OK, [], settings)
+    assert not keep_sample(Status.OK, [float("nan")], settings)
+    rows = [StatsRow(sample_id="m:1", manifest="m", line_number=1, image_pair_similarity=(0.5,), sample_json="{}"),
+            StatsRow(sample_id="m:2", manifest="m", line_number=2, status=Status.NOT_A_PAIR, sample_json="{}"),
+            StatsRow(sample_id="m:3", manifest="m", line_number=3, image_pair_similarity=(0.05,), sample_json="{}")]
+    assert [keep_row(row, settings) for row in rows] == [True, False, False]
 
 
 def test_defaults_are_data_juicers():
@@ -55,7 +59,7 @@ def test_keep_decision_matches_its_definition(low, high, scores, mode):
     low, high = min(low, high), max(low, high)
     passes = [low <= s <= high for s in scores]
     expected = any(passes) if mode == "any" else all(passes)
-    assert keep_sample("ok", scores, FilterSettings(low, high, mode)) is expected
+    assert keep_sample(Status.OK, scores, FilterSettings(low, high, mode)) is expected
     assert not keep_sample("unreadable_image", scores, FilterSettings(low, high, mode))
 
 
@@ -75,12 +79,12 @@ def n_pair_samples(draw):
 def test_keep_decision_over_n_pairs_with_inclusive_bounds(sample, mode):
     scores, low, high = sample
     settings = FilterSettings(low, high, mode)
-    kept = keep_sample("ok", scores, settings)
+    kept = keep_sample(Status.OK, scores, settings)
     if mode == "any":
         assert kept is any(low <= s <= high for s in scores)
     else:
         assert kept is all(low <= s <= high for s in scores)
-    assert all(keep_sample("ok", [s], settings) for s in scores if s in (low, high))  # bounds are inclusive
-    keep_all, keep_any = (keep_sample("ok", scores, FilterSettings(low, high, m)) for m in ("all", "any"))
+    assert all(keep_sample(Status.OK, [s], settings) for s in scores if s in (low, high))  # bounds are inclusive
+    keep_all, keep_any = (keep_sample(Status.OK, scores, FilterSettings(low, high, m)) for m in ("all", "any"))
     assert keep_all <= keep_any
-    assert keep_sample("ok", sorted(scores, reverse=True), settings) is kept  # pair order does not matter
+    assert keep_sample(Status.OK, sorted(scores, reverse=True), settings) is kept  # pair order does not matter

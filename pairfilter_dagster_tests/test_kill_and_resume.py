@@ -15,10 +15,10 @@ from .test_assets import ASSETS, metadata, query, run
 SCORE_THEN_DIE = """
 import os, signal, sys
 from pathlib import Path
-from pairfilter_dagster.core import store
-from pairfilter_dagster.core.embedding import ClipEmbedder, ModelSpec
-from pairfilter_dagster.core.samples import read_samples
-from pairfilter_dagster.core.tables import build_image_pair_stats, build_raw_samples
+from pairfilter_dagster.core import stages, store
+from pairfilter_dagster.core.embedding.local import LocalEngine
+from pairfilter_dagster.core.embedding.model import ClipEmbedder, ModelSpec
+from pairfilter_dagster.core.ingest.samples import read_samples
 
 clip, data, kill_after = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 embedder = ClipEmbedder.load(ModelSpec(clip, device="cpu"))
@@ -28,8 +28,9 @@ def die_after_some_batches(report, refs_done):
         os.kill(os.getpid(), signal.SIGKILL)
 
 with store.connect(data / "pairfilter.duckdb") as conn:
-    build_raw_samples(conn, read_samples(data / "raw"))
-    build_image_pair_stats(conn, embedder, batch_size=2, on_progress=die_after_some_batches)
+    stages.ingest(conn, read_samples(data / "raw"))
+    with LocalEngine(embedder, batch_size=2) as engine:
+        stages.score(conn, embedder, engine, workers=2, on_progress=die_after_some_batches)
 """
 
 

@@ -4,9 +4,10 @@ import json
 
 import dagster as dg
 
-from pairfilter_dagster.defs import assets
+from .pipeline import PIPELINE as assets
 from pairfilter_dagster.core import store
-from pairfilter_dagster.defs.partitions import MANIFEST_SHARDS
+from pairfilter_dagster.core.schema import Sample
+from .pipeline import MANIFEST_SHARDS
 from pairfilter_dagster.defs.lineage import filtered_samples_lineage, image_pair_stats_lineage, table_data_version
 from pairfilter_dagster.defs.resources import PairfilterStorage
 
@@ -19,11 +20,11 @@ def deps(lineage: dg.TableColumnLineage) -> dict[str, set[str]]:
 
 
 def test_the_score_column_flows_from_the_stats_table_into_the_filtered_dataset():
-    filtered = deps(filtered_samples_lineage())
+    filtered = deps(filtered_samples_lineage(dg.AssetKey("image_pair_stats")))
     assert filtered["image_pair_similarity"] == {"image_pair_stats.image_pair_similarity"}
     assert filtered["sample_json"] == {"image_pair_stats.sample_json", "image_pair_stats.image_pair_similarity"}
     assert set(filtered) == {"sample_id", "manifest", "line_number", "image_pair_similarity", "sample_json"}
-    assert deps(image_pair_stats_lineage())["image_pair_similarity"] == {"raw_samples.images"}
+    assert deps(image_pair_stats_lineage(dg.AssetKey("raw_samples")))["image_pair_similarity"] == {"raw_samples.images"}
 
 
 def raw_samples_version(data_dir, shard: str) -> str:
@@ -48,10 +49,11 @@ def test_a_shards_data_version_follows_its_manifest_not_the_run(bundled_data_dir
 
 def test_table_data_version_changes_with_any_row_or_the_extra_text(tmp_path):
     def version(lines, extra=""):
-        rows = [{"sample_id": f"m:{i}", "manifest": "m", "line_number": i, "images": [], "status": "ok",
-                 "error": "", "sample_json": line, "image_pairs": []} for i, line in enumerate(lines, start=1)]
+        rows = [Sample(sample_id=f"m:{i}", manifest="m", line_number=i, sample_json=line)
+                for i, line in enumerate(lines, start=1)]
         with store.connect(tmp_path / "p.duckdb") as conn:
-            store.replace_table(conn, "raw_samples", rows)
+            with store.TableWriter(conn, Sample) as table:
+                table.write(rows)
             return table_data_version(conn, "raw_samples", ["sample_id", "sample_json"], extra).value
 
     assert version(["a", "b"]) == version(["a", "b"])

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from pairfilter_dagster.core.outputs import dj_record, staged_file
+from pairfilter_dagster.core.publish import dj_record, staged_file
 
 
 def test_dj_record_keeps_every_field_and_its_order_and_adds_stats():

@@ -4,8 +4,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from pairfilter_dagster.core.pairing import PAIRINGS, image_pairs, pairing_problem
-from pairfilter_dagster.defs import assets
+from pairfilter_dagster.core.ingest.pairing import PAIRINGS, image_pairs, pairing_problem
+from .pipeline import PIPELINE as assets
 
 from .conftest import write_manifest
 from .test_assets import ASSETS, metadata, query, read_jsonl, run

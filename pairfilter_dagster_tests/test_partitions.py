@@ -11,10 +11,11 @@ import pytest
 
 from pairfilter_dagster.core import store
 from pairfilter_dagster.core.filtering import FilterSettings
-from pairfilter_dagster.core.samples import SampleRules, read_samples
-from pairfilter_dagster.core.tables import build_filtered_samples, build_image_pair_stats, build_raw_samples
-from pairfilter_dagster.defs import assets
-from pairfilter_dagster.defs.partitions import MANIFEST_SHARDS
+from pairfilter_dagster.core.ingest.samples import SampleRules, read_samples
+from pairfilter_dagster.core import stages
+from pairfilter_dagster.core.embedding.local import LocalEngine
+from .pipeline import PIPELINE as assets
+from .pipeline import MANIFEST_SHARDS
 from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage
 
 from .conftest import write_manifest
@@ -73,9 +74,10 @@ def snapshot(database, jsonl) -> dict:
 def unpartitioned_pipeline(data_dir, embedder, out_dir) -> dict:
     database, jsonl = out_dir / "whole.duckdb", out_dir / "whole.jsonl"
     with store.connect(database) as conn:
-        build_raw_samples(conn, read_samples(data_dir / "raw", SampleRules.for_data_dir(data_dir)))
-        build_image_pair_stats(conn, embedder, batch_size=4)
-        build_filtered_samples(conn, FilterSettings(), jsonl)
+        stages.ingest(conn, read_samples(data_dir / "raw", SampleRules.for_data_dir(data_dir)))
+        with LocalEngine(embedder, batch_size=4) as engine:
+            stages.score(conn, embedder, engine, workers=2)
+        stages.filter_and_publish(conn, FilterSettings(), jsonl)
     return snapshot(database, jsonl)
 
 

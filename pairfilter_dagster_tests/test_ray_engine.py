@@ -8,17 +8,19 @@ import subprocess
 import duckdb
 import pytest
 
-from .conftest import PHOTOS, read_samples_with_photos, write_manifest
-from .photos import distinct_photos
+from pairfilter_dagster.testing import PHOTOS
+
+from .conftest import read_samples_with_photos, write_manifest
+from pairfilter_dagster.testing import distinct_photos
 from .runs import materialize_all_shards
 
 ray = pytest.importorskip("ray")  # a safety net only: CI installs the ray extra
 
-from pairfilter_dagster.core.embedding import ModelSpec  # noqa: E402
-from pairfilter_dagster.core.ray_engine import RayEngine, ray_session  # noqa: E402
+from pairfilter_dagster.core.embedding.model import ModelSpec  # noqa: E402
+from pairfilter_dagster.core.embedding.ray_engine import RayEngine, RaySettings, ray_session  # noqa: E402
 from pairfilter_dagster.core.scoring import PairScorer, chunked, score_samples  # noqa: E402
-from pairfilter_dagster.defs import assets  # noqa: E402
-from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage  # noqa: E402
+from .pipeline import PIPELINE as assets  # noqa: E402
+from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage, RayConfig  # noqa: E402
 
 ASSETS = [assets.raw_samples, assets.image_pair_stats, assets.filtered_samples]
 ACTOR_TITLE = "ClipEmbedActor"
@@ -43,7 +45,8 @@ def local_ray():
 
 
 def engine(clip_dir, batch_size=4):
-    return RayEngine(ModelSpec(str(clip_dir), device="cpu"), batch_size=batch_size, actors=1, num_cpus=1)
+    return RayEngine(ModelSpec(str(clip_dir), device="cpu"), batch_size=batch_size,
+                     settings=RaySettings(actors=1, num_cpus=1))
 
 
 @pytest.fixture
@@ -73,7 +76,8 @@ def assert_same_rows(rows, expected):
 def test_ray_engine_scores_equal_the_local_engine(local_ray, odd_data_dir, tiny_clip_dir, embedder):
     samples = read_samples_with_photos(odd_data_dir / "raw")
     local_rows, local_report = score_samples(samples, embedder, batch_size=4)
-    rows, report = score_samples(samples, embedder, batch_size=4, engine=engine(tiny_clip_dir))
+    with engine(tiny_clip_dir) as ray_engine:
+        rows, report = score_samples(samples, embedder, batch_size=4, engine=ray_engine)
 
     assert_same_rows(rows, local_rows)
     by_id = {row.sample_id: row for row in rows}
@@ -111,7 +115,7 @@ def test_dagster_run_on_ray_writes_the_local_engines_stats_table(local_ray, odd_
 
     local_dir = shutil.copytree(odd_data_dir, tmp_path / "local-run")
     assert materialize(local_dir, tiny_clip_dir).success
-    result = materialize(odd_data_dir, tiny_clip_dir, engine="ray", ray_actors=1, ray_num_cpus=1)
+    result = materialize(odd_data_dir, tiny_clip_dir, ray=RayConfig(actors=1, num_cpus=1))
     assert result.success
     events = [e for e in result.get_asset_materialization_events() if e.asset_key.path == ["image_pair_stats"]]
     assert events and {e.materialization.metadata["engine"].value for e in events} == {"ray"}
@@ -127,26 +131,28 @@ def test_dagster_run_on_ray_writes_the_local_engines_stats_table(local_ray, odd_
 def test_actors_run_on_cuda_exactly_when_they_get_a_gpu(tiny_clip_dir):
     spec = ModelSpec(str(tiny_clip_dir))  # device auto
     assert RayEngine(spec, batch_size=4).actor_spec.device == "cpu"
-    assert RayEngine(spec, batch_size=4, num_gpus=1).actor_spec.device == "cuda"
+    assert RayEngine(spec, batch_size=4, settings=RaySettings(num_gpus=1)).actor_spec.device == "cuda"
     assert RayEngine(ModelSpec(str(tiny_clip_dir), device="cuda", dtype="float16"), batch_size=4,
-                     num_gpus=0.5).actor_spec.device == "cuda"
+                     settings=RaySettings(num_gpus=0.5)).actor_spec.device == "cuda"
 
 
 def test_bad_ray_settings_fail_before_any_work(tiny_clip_dir):
-    with pytest.raises(ValueError, match="ray_actors"):
-        ClipModel(hf_clip=str(tiny_clip_dir), engine="ray", ray_actors=0)
-    with pytest.raises(ValueError, match="ray_num_gpus"):
-        ClipModel(hf_clip=str(tiny_clip_dir), engine="ray", device="cuda")
+    with pytest.raises(ValueError, match="actors"):
+        ClipModel(hf_clip=str(tiny_clip_dir), ray={"actors": 0})
+    with pytest.raises(ValueError, match="ray.num_gpus"):
+        ClipModel(hf_clip=str(tiny_clip_dir), ray={}, device="cuda")
     with pytest.raises(ValueError, match="dtype"):
-        ClipModel(hf_clip=str(tiny_clip_dir), engine="ray", dtype="float16")
+        ClipModel(hf_clip=str(tiny_clip_dir), ray={}, dtype="float16")
 
 
 MISSING_RAY_RUN = r"""
 import sys
 sys.modules["ray"] = None  # as if Ray were not installed: `import ray` fails
 import dagster as dg
-from pairfilter_dagster.defs import assets
+from pairfilter_dagster.defs.pipeline import build_pipeline
 from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage
+
+assets = build_pipeline()
 instance = dg.DagsterInstance.ephemeral()
 instance.add_dynamic_partitions("manifest_shards", ["pairs.jsonl"])
 result = dg.materialize(
@@ -155,7 +161,7 @@ result = dg.materialize(
     partition_key="pairs.jsonl",
     resources={"clip": ClipModel(hf_clip=sys.argv[1], device="cpu"),
                "storage": PairfilterStorage(data_dir=sys.argv[2])},
-    run_config={"resources": {"clip": {"config": {"engine": "ray"}}}},
+    run_config={"resources": {"clip": {"config": {"ray": {}}}}},
     raise_on_error=False,
 )
 failures = [e for e in result.all_events if e.is_failure]
@@ -202,9 +208,9 @@ def test_a_killed_actor_is_restarted_and_the_run_succeeds(local_ray, tmp_path, t
         else:
             seen_after_kill.update(actor_pids())
 
-    with PairScorer(embedder, batch_size=4, engine=engine(tiny_clip_dir),
-                    on_progress=kill_first_actor_after_its_first_batch) as scorer:
-        rows = [row for chunk in scorer.score_all(chunked(samples, 1000)) for row in chunk]
+    with engine(tiny_clip_dir) as ray_engine, \
+            PairScorer(ray_engine, on_progress=kill_first_actor_after_its_first_batch) as scorer:
+        rows = [row for chunk in chunked(samples, 1000) for row in scorer.score_chunk(chunk)]
 
     assert killed, "the actor was never seen"
     assert embedded_at_kill[0] < 64, "the kill came after the last batch: not mid-run"

@@ -11,27 +11,31 @@ import pytest
 from PIL import Image
 
 from pairfilter_dagster.core.filtering import FilterSettings
-from pairfilter_dagster.core.report import image_data_uri, min_score_sweep_markdown, write_threshold_report
-from pairfilter_dagster.core.report_pictures import (
+from pairfilter_dagster.core.report.threshold_report import image_data_uri, min_score_sweep_markdown, write_threshold_report
+from pairfilter_dagster.core.report.pictures import (
     DROP_COLOR, LINE_BAND, LINE_COLORS, PASS_COLOR, ROW_GAP, ROW_HEIGHT, SHEET_HEADER, SHEET_WIDTH, THUMB,
-    contact_sheet_height, histogram_bins, thumbnail,
+    contact_sheet_height, thumbnail,
 )
-from pairfilter_dagster.core.samples import read_samples
+from pairfilter_dagster.core.report.summary import histogram_edges
+from pairfilter_dagster.core.schema import StatsRow, Status
+from pairfilter_dagster.core.ingest.samples import read_samples
 
 # Known scores for the nine good pairs of the bundled data: pairs.jsonl:<n> scores 0.50 + 0.05 * n.
 KNOWN = {f"pairs.jsonl:{n}": round(0.5 + 0.05 * n, 2) for n in range(1, 10)}
 SETTINGS = FilterSettings(min_score=0.7, max_score=0.9)
 
 
-def stats_rows(data_dir: Path) -> list[dict]:
-    """Rows shaped like the stats table: the bundled samples, the good ones with the KNOWN scores."""
+def stats_rows(data_dir: Path) -> list[StatsRow]:
+    """Stats rows of the bundled samples, the good ones with the KNOWN scores."""
     rows = []
     for sample in read_samples(data_dir / "raw"):
-        row = sample.as_row()
         ok = sample.sample_id in KNOWN
-        row["status"] = "ok" if ok else "missing_image"
-        row["image_pair_similarity"] = [KNOWN[sample.sample_id]] if ok else []
-        rows.append(row)
+        rows.append(StatsRow(
+            sample_id=sample.sample_id, manifest=sample.manifest, line_number=sample.line_number,
+            images=sample.images, image_pair_similarity=(KNOWN[sample.sample_id],) if ok else (),
+            status=Status.OK if ok else Status.MISSING_IMAGE, sample_json=sample.sample_json,
+            image_pairs=sample.image_pairs,
+        ))
     return rows
 
 
@@ -139,12 +143,12 @@ def test_files_are_replaced_whole(report):
 def test_report_asset_after_a_real_run(bundled_data_dir, tiny_clip_dir):
     """The whole pipeline with the tiny CLIP model, then the report: files decode, sheets hold the pairs nearest
     each threshold given the scores in the stats table, the UI metadata embeds the pictures."""
-    from pairfilter_dagster.defs import report as report_asset
 
+    from .pipeline import PIPELINE
     from .test_assets import ASSETS, metadata, query, run
 
     config = {"min_score": 0.5, "max_score": 0.9}
-    result = run([*ASSETS, report_asset.similarity_report], bundled_data_dir, tiny_clip_dir, config)
+    result = run([*ASSETS, PIPELINE.similarity_report], bundled_data_dir, tiny_clip_dir, config)
     assert result.success
     scores = dict(query(bundled_data_dir, "SELECT sample_id, image_pair_similarity[1] FROM image_pair_stats "
                                           "WHERE status = 'ok'"))
@@ -174,8 +178,8 @@ def test_report_asset_after_a_real_run(bundled_data_dir, tiny_clip_dir):
 
 def test_histogram_axis_takes_in_near_thresholds_and_leaves_far_ones_off_scale():
     scores = [0.90, 0.93, 0.97, 0.99]
-    near = histogram_bins(scores, FilterSettings(0.87, 1.0))
+    near = histogram_edges(min(scores), max(scores), [0.87, 1.0])
     assert near[0] <= 0.87 and near[-1] == 1.0
-    far = histogram_bins(scores, FilterSettings(0.2, 1.0))  # 0.2 is far below: the bars keep the width
+    far = histogram_edges(min(scores), max(scores), [0.2, 1.0])  # 0.2 is far below: the bars keep the width
     assert far[0] > 0.2 and far[0] <= 0.90 and len(far) - 1 <= 40
-    assert list(histogram_bins([], FilterSettings(0.1, 0.3))[[0, -1]]) == [0.1, 0.3]
+    assert list(histogram_edges(None, None, [0.1, 0.3])[[0, -1]]) == [0.1, 0.3]

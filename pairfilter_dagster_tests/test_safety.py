@@ -5,9 +5,9 @@ import re
 
 import pytest
 
-from pairfilter_dagster.core.embedding import ClipEmbedder, ModelLoadError, ModelSpec
+from pairfilter_dagster.core.embedding.model import ClipEmbedder, ModelLoadError, ModelSpec
 from pairfilter_dagster.defs.resources import ClipModel
-from pairfilter_dagster.definitions import defs
+from .pipeline import DEFS as defs
 
 from .conftest import REPO
 

@@ -2,10 +2,13 @@ import json
 
 import pytest
 
-from pairfilter_dagster.core.samples import SampleRules, count_lines, find_manifests, read_samples
-from pairfilter_dagster.core.status import Status
+from pairfilter_dagster.core.ingest.manifests import count_lines, find_manifests
+from pairfilter_dagster.core.ingest.samples import SampleRules, read_samples
+from pairfilter_dagster.core.schema import Status
 
-from .conftest import PHOTOS, read_samples_with_photos, write_manifest
+from pairfilter_dagster.testing import PHOTOS
+
+from .conftest import read_samples_with_photos, write_manifest
 
 
 def test_manifests_are_read_recursively_in_sorted_relative_order(tmp_path):

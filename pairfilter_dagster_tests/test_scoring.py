@@ -2,12 +2,17 @@ import numpy as np
 import pytest
 
 from pairfilter_dagster.core import store
-from pairfilter_dagster.core.cache import EmbeddingCache
-from pairfilter_dagster.core.embedding import ClipEmbedder, ModelSpec
-from pairfilter_dagster.core.scoring import PairScorer, chunked, cosine, progress_logger, score_samples
+from pairfilter_dagster.core.embedding.cache import EmbeddingCache
+from pairfilter_dagster.core.embedding.model import ClipEmbedder, ModelSpec
+from pairfilter_dagster.core.embedding.local import LocalEngine
+from pairfilter_dagster.core.progress import progress_logger
+from pairfilter_dagster.core.schema import Status
+from pairfilter_dagster.core.scoring import PairScorer, chunked, cosine, score_samples
 
-from .checkpoints import write_clip_checkpoint
-from .conftest import PHOTOS, read_samples_with_photos, write_manifest
+from pairfilter_dagster.testing import write_clip_checkpoint
+from pairfilter_dagster.testing import PHOTOS
+
+from .conftest import read_samples_with_photos, write_manifest
 
 
 def manifest_of(tmp_path, pairs):
@@ -24,7 +29,7 @@ def test_each_distinct_image_is_embedded_once_and_rows_keep_input_order(embedder
     assert report.images_looked_up == 3 and report.images_embedded == 3 and report.cache_hits == 0
     assert report.forward_passes == embedder.forward_passes - passes_before == 2  # batches of 2 over 3 images
     assert rows[0].image_pair_similarity == rows[3].image_pair_similarity
-    assert report.status_counts == {"ok": 4} and report.image_refs == 8
+    assert report.status_counts == {Status.OK: 4} and report.image_refs == 8
 
 
 def test_duplicates_across_chunks_are_found_through_the_cache(embedder, tmp_path):
@@ -69,29 +74,32 @@ def test_missing_and_unreadable_images_are_reported_per_sample(embedder, tmp_pat
     ])
     rows, report = score_samples(read_samples_with_photos(tmp_path / "raw"), embedder, batch_size=4)
     assert [row.status for row in rows] == [
-        "missing_image", "unreadable_image", "unreadable_image", "ok", "not_a_pair",
+        Status.MISSING_IMAGE, Status.UNREADABLE_IMAGE, Status.UNREADABLE_IMAGE, Status.OK, Status.NOT_A_PAIR,
     ]
     assert "gone.jpg" in rows[0].error and "fake.jpg" in rows[1].error
     assert "truncated.jpg" in rows[2].error
-    assert all(row.image_pair_similarity == [] for row in rows if row.status != "ok")
-    assert report.status_counts == {"missing_image": 1, "unreadable_image": 2, "ok": 1, "not_a_pair": 1}
+    assert all(row.image_pair_similarity == () for row in rows if row.status is not Status.OK)
+    assert report.status_counts == {Status.MISSING_IMAGE: 1, Status.UNREADABLE_IMAGE: 2, Status.OK: 1,
+                                    Status.NOT_A_PAIR: 1}
     assert report.decode_failures == 1  # the HTML file is refused from its header, before decoding
 
 
 def test_progress_reports_images_done_rate_and_eta(embedder, tmp_path):
     samples = manifest_of(tmp_path, [(PHOTOS / "cat.jpg", PHOTOS / "img2.jpg"), (PHOTOS / "img3.jpg", PHOTOS / "img8.jpg")])
     lines = []
-    with PairScorer(embedder, batch_size=1, on_progress=progress_logger(lines.append, 4, every_seconds=0)) as scorer:
-        list(scorer.score_all(chunked(samples, 1)))
+    with LocalEngine(embedder, batch_size=1) as engine, \
+            PairScorer(engine, on_progress=progress_logger(lines.append, 4, every_seconds=0)) as scorer:
+        for chunk in chunked(samples, 1):
+            scorer.score_chunk(chunk)
     assert lines[-1].startswith("Images 4/4") and "ETA 0 s" in lines[-1] and "4 embedded" in lines[-1]
     assert len(lines) >= 4
 
 
 def test_batch_size_and_workers_must_be_positive(embedder):
     with pytest.raises(ValueError, match="batch_size"):
-        PairScorer(embedder, batch_size=0)
-    with pytest.raises(ValueError, match="workers"):
-        PairScorer(embedder, batch_size=1, workers=0)
+        LocalEngine(embedder, batch_size=0)
+    with pytest.raises(ValueError, match="decode_workers"):
+        LocalEngine(embedder, batch_size=1, workers=0)
 
 
 def test_cosine_of_unit_vectors_stays_in_range():

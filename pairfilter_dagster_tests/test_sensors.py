@@ -14,11 +14,15 @@ from dagster._core.remote_origin import (
     RemoteRepositoryOrigin,
 )
 
-from pairfilter_dagster.core.manifest_changes import compare, fingerprint_manifests
-from pairfilter_dagster.definitions import defs
-from pairfilter_dagster.defs.partitions import MANIFEST_SHARDS, registered_shards
+from pairfilter_dagster.core.ingest.manifests import compare, fingerprint_manifests
+from .pipeline import DEFS as defs
+from pairfilter_dagster.defs.partitions import registered_shards
+
+from .pipeline import MANIFEST_SHARDS
 from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage
-from pairfilter_dagster.defs.sensors import pairfilter_new_manifests
+from .pipeline import PIPELINE
+
+pairfilter_new_manifests = PIPELINE.sensor
 
 from .conftest import write_manifest
 
@@ -73,7 +77,7 @@ class Daemon:
         return self.evaluate()
 
     def shards(self) -> list[str]:
-        return registered_shards(self.instance)
+        return registered_shards(self.instance, MANIFEST_SHARDS)
 
 
 @pytest.fixture

@@ -3,7 +3,9 @@ when any (or all) of its pair scores pass. Only samples with status `ok` can be 
 
 import math
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from typing import Sequence
+
+from .schema import StatsRow, Status
 
 ANY_OR_ALL = ("any", "all")
 
@@ -31,13 +33,12 @@ def score_passes(score: float, settings: FilterSettings) -> bool:
     return settings.min_score <= score <= settings.max_score
 
 
-def keep_sample(status: str, scores: Sequence[float], settings: FilterSettings) -> bool:
-    if status != "ok" or len(scores) == 0:
+def keep_sample(status: Status, scores: Sequence[float], settings: FilterSettings) -> bool:
+    if status is not Status.OK or len(scores) == 0:
         return False
     passes = (score_passes(score, settings) for score in scores)
     return any(passes) if settings.any_or_all == "any" else all(passes)
 
 
-def keep_flags(rows: Iterable[tuple[str, Sequence[float]]], settings: FilterSettings) -> list[bool]:
-    """The keep decision for (status, scores) rows, in order."""
-    return [keep_sample(status, scores, settings) for status, scores in rows]
+def keep_row(row: StatsRow, settings: FilterSettings) -> bool:
+    return keep_sample(row.status, row.image_pair_similarity, settings)

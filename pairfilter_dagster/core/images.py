@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from .status import Status
+from .schema import Status
 
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 """PIL's own default `Image.MAX_IMAGE_PIXELS`: above it PIL warns of a possible decompression bomb."""

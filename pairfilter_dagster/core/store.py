@@ -8,54 +8,14 @@ A shard is a manifest: its path relative to raw/, the `manifest` column. DuckDB 
 
 import time
 from contextlib import contextmanager
-from dataclasses import is_dataclass
 from pathlib import Path
 from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import duckdb
 import pandas as pd
 
-Column = tuple[str, str, str]
-"""(name, DuckDB type, description)."""
+from .schema import LIST_COLUMNS, Row, column_names, columns, row_from_record
 
-SAMPLE_COLUMNS: list[Column] = [
-    ("sample_id", "VARCHAR", "`<manifest path relative to raw/>:<1-based line number>`"),
-    ("manifest", "VARCHAR", "manifest path relative to raw/: the shard, and the partition key in Dagster"),
-    ("line_number", "INTEGER", "1-based line number in the manifest"),
-    ("images", "VARCHAR[]", "image paths, resolved against the manifest's folder"),
-]
-STATUS_COLUMNS: list[Column] = [
-    ("status", "VARCHAR", "ok, or why the sample cannot be scored"),
-    ("error", "VARCHAR", "empty when ok, else a human-readable reason"),
-]
-SIMILARITY_COLUMN: Column = (
-    "image_pair_similarity", "DOUBLE[]", "cosine similarity of the CLIP embeddings, one per image pair",
-)
-PAIRS_COLUMN: Column = (
-    "image_pairs", "INTEGER[][]", "0-based index pairs of the images, in score order (from the pairing rule)",
-)
-
-TABLES: dict[str, list[Column]] = {
-    "raw_samples": [
-        *SAMPLE_COLUMNS,
-        *STATUS_COLUMNS,
-        ("sample_json", "VARCHAR", "the manifest line as written"),
-        PAIRS_COLUMN,
-    ],
-    "image_pair_stats": [
-        *SAMPLE_COLUMNS,
-        SIMILARITY_COLUMN,
-        *STATUS_COLUMNS,
-        ("image_hashes", "VARCHAR[]", "sha256 of each image file's content (the embedding cache key)"),
-        ("sample_json", "VARCHAR", "the manifest line as written"),
-        PAIRS_COLUMN,
-    ],
-    "filtered_samples": [
-        *SAMPLE_COLUMNS[:3],
-        SIMILARITY_COLUMN,
-        ("sample_json", "VARCHAR", "the output line: original fields plus __dj__stats__"),
-    ],
-}
 INPUT_ORDER = "manifest, line_number"
 
 LOCK_WAIT_SECONDS = 3600.0
@@ -106,56 +66,52 @@ def connect(
         conn.close()
 
 
-def replace_table(
-    conn: duckdb.DuckDBPyConnection,
-    table: str,
-    rows: Iterable[Any],
-    *,
-    before_commit: Callable[[], None] | None = None,
-) -> int:
-    """Replace `table` with `rows` (dataclasses or dicts holding at least the table's columns), atomically."""
-    return replace_table_in_chunks(conn, table, [list(rows)], before_commit=before_commit)
+class TableWriter:
+    """Replaces a table (or, given `shards`, only the rows of those manifests) with rows written chunk by chunk,
+    inside one transaction: memory holds one chunk at a time, readers see the old rows until the block ends, and
+    a failure (or a kill) leaves the old rows. Use as a context manager; it commits when the block ends."""
 
+    def __init__(self, conn: duckdb.DuckDBPyConnection, row_type: type[Row], shards: Sequence[str] | None = None):
+        self.conn = conn
+        self.row_type = row_type
+        self.table = row_type.TABLE
+        self.shards = None if shards is None else list(shards)
+        self.rows_written = 0
+        self._names = column_names(row_type)
+        self._select = ", ".join(f'CAST("{c.name}" AS {c.sql_type})' for c in columns(row_type))
+        self._transaction = transaction(conn)
 
-def replace_table_in_chunks(
-    conn: duckdb.DuckDBPyConnection,
-    table: str,
-    chunks: Iterable[Sequence[Any]],
-    *,
-    before_commit: Callable[[], None] | None = None,
-    shards: Sequence[str] | None = None,
-) -> int:
-    """Replace `table` (or, given `shards`, only the rows of those manifests) with rows arriving in chunks, inside
-    one transaction: memory holds one chunk at a time, readers see the old rows until the last chunk is in, and a
-    failure (or a kill) leaves the old rows. `before_commit` runs inside the transaction, last: if it raises, the
-    old rows stay (used to publish a file together with its table)."""
-    columns = TABLES[table]
-    names = [name for name, _, _ in columns]
-    select = ", ".join(f'CAST("{name}" AS {sql_type})' for name, sql_type, _ in columns)
-    written = 0
-    with transaction(conn):
-        if shards is None:
-            conn.execute(f'CREATE OR REPLACE TABLE "{table}" ({table_definition(table)})')
-        else:
-            ensure_table(conn, table)
-            where, params = shard_filter(shards)
-            conn.execute(f'DELETE FROM "{table}" {where}', params)
-        for chunk in chunks:
-            if not chunk:
-                continue
-            frame = columns_frame(chunk, names)
-            unexpected = set(frame["manifest"]) - set(shards) if shards is not None and "manifest" in frame else ()
+    def __enter__(self) -> "TableWriter":
+        self._transaction.__enter__()
+        try:
+            if self.shards is None:
+                self.conn.execute(f'CREATE OR REPLACE TABLE "{self.table}" ({table_definition(self.row_type)})')
+            else:
+                ensure_table(self.conn, self.row_type)
+                where, params = shard_filter(self.shards)
+                self.conn.execute(f'DELETE FROM "{self.table}" {where}', params)
+        except BaseException as exc:
+            self._transaction.__exit__(type(exc), exc, exc.__traceback__)
+            raise
+        return self
+
+    def write(self, rows: Sequence[Row]) -> None:
+        if not rows:
+            return
+        if self.shards is not None:
+            unexpected = {row.manifest for row in rows} - set(self.shards)
             if unexpected:
-                raise ValueError(f"rows of shards {sorted(unexpected)} written to {table} while replacing {shards}")
-            conn.register("incoming_rows", frame)
-            try:
-                conn.execute(f'INSERT INTO "{table}" SELECT {select} FROM incoming_rows')
-            finally:
-                conn.unregister("incoming_rows")
-            written += len(frame)
-        if before_commit:
-            before_commit()
-    return written
+                raise ValueError(f"rows of shards {sorted(unexpected)} written to {self.table} while replacing "
+                                 f"{self.shards}")
+        self.conn.register("incoming_rows", rows_frame(rows, self._names))
+        try:
+            self.conn.execute(f'INSERT INTO "{self.table}" SELECT {self._select} FROM incoming_rows')
+        finally:
+            self.conn.unregister("incoming_rows")
+        self.rows_written += len(rows)
+
+    def __exit__(self, *exc: Any) -> None:
+        self._transaction.__exit__(*exc)
 
 
 @contextmanager
@@ -170,17 +126,18 @@ def transaction(conn: duckdb.DuckDBPyConnection) -> Iterator[None]:
     conn.execute("COMMIT")
 
 
-def table_definition(table: str) -> str:
-    """The column list of `CREATE TABLE`, from `TABLES`."""
-    return ", ".join(f'"{name}" {sql_type}' for name, sql_type, _ in TABLES[table])
+def table_definition(row_type: type[Row]) -> str:
+    """The column list of `CREATE TABLE`."""
+    return ", ".join(f'"{c.name}" {c.sql_type}' for c in columns(row_type))
 
 
-def ensure_table(conn: duckdb.DuckDBPyConnection, table: str) -> None:
-    """Create `table` empty if it does not exist; refuse one written by another version of the schema (its other
+def ensure_table(conn: duckdb.DuckDBPyConnection, row_type: type[Row]) -> None:
+    """Create the table empty if it does not exist; refuse one written by another version of the schema (its other
     shards' rows would not fit)."""
-    conn.execute(f'CREATE TABLE IF NOT EXISTS "{table}" ({table_definition(table)})')
+    table = row_type.TABLE
+    conn.execute(f'CREATE TABLE IF NOT EXISTS "{table}" ({table_definition(row_type)})')
     found = [row[0] for row in conn.execute(f'DESCRIBE "{table}"').fetchall()]
-    expected = [name for name, _, _ in TABLES[table]]
+    expected = column_names(row_type)
     if found != expected:
         raise RuntimeError(
             f"table {table!r} has columns {found}, this version writes {expected}: materialize every shard again "
@@ -188,14 +145,14 @@ def ensure_table(conn: duckdb.DuckDBPyConnection, table: str) -> None:
         )
 
 
-def delete_shards(conn: duckdb.DuckDBPyConnection, tables: Sequence[str], shards: Sequence[str]) -> int:
-    """Delete the rows of `shards` from `tables` in one transaction; returns the rows deleted."""
+def delete_shards(conn: duckdb.DuckDBPyConnection, row_types: Sequence[type[Row]], shards: Sequence[str]) -> int:
+    """Delete the rows of `shards` from the tables in one transaction; returns the rows deleted."""
     deleted = 0
     where, params = shard_filter(shards)
     with transaction(conn):
-        for table in tables:
-            if table_exists(conn, table):
-                deleted += conn.execute(f'DELETE FROM "{table}" {where}', params).fetchone()[0]
+        for row_type in row_types:
+            if table_exists(conn, row_type.TABLE):
+                deleted += conn.execute(f'DELETE FROM "{row_type.TABLE}" {where}', params).fetchone()[0]
     return deleted
 
 
@@ -205,11 +162,16 @@ def stored_shards(conn: duckdb.DuckDBPyConnection, table: str) -> list[str]:
     return [row[0] for row in conn.execute(f'SELECT DISTINCT manifest FROM "{table}" ORDER BY 1').fetchall()]
 
 
-def columns_frame(rows: Sequence[Any], names: Sequence[str]) -> pd.DataFrame:
-    """A data frame of `names` from rows that are dataclasses or dicts, built column by column (fast); a column
-    a row lacks becomes NULL."""
-    get = (lambda row, name: getattr(row, name, None)) if is_dataclass(rows[0]) else dict.get
-    return pd.DataFrame({name: [get(row, name) for row in rows] for name in names})
+def rows_frame(rows: Sequence[Row], names: Sequence[str]) -> pd.DataFrame:
+    """A data frame of the rows' columns, built column by column (fast); statuses as their values."""
+    frame = {name: [getattr(row, name) for row in rows] for name in names}
+    if "status" in frame:
+        frame["status"] = [status.value for status in frame["status"]]
+    if "image_pairs" in frame:
+        frame["image_pairs"] = [[list(pair) for pair in pairs] for pairs in frame["image_pairs"]]
+    for name in LIST_COLUMNS.intersection(frame).difference(("image_pairs",)):
+        frame[name] = [list(values) for values in frame[name]]
+    return pd.DataFrame(frame)
 
 
 def table_exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
@@ -220,28 +182,25 @@ def table_exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
 
 
 def read_rows(
-    conn: duckdb.DuckDBPyConnection,
-    table: str,
-    columns: Sequence[str] | None = None,
-    shards: Sequence[str] | None = None,
-) -> list[dict]:
-    """Rows of `table` (of `shards` only, if given) as dicts, in input order (manifest path, then line number);
-    all columns by default."""
-    return [row for chunk in iter_chunks(conn, table, columns, shards=shards) for row in chunk]
+    conn: duckdb.DuckDBPyConnection, row_type: type[Row], shards: Sequence[str] | None = None,
+    chunk_size: int = 2048,
+) -> Iterator[list[Any]]:
+    """The rows of a table (of `shards` only, if given) as `row_type`, in input order, streamed in chunks (use a
+    cursor of its own: other statements on the same connection would end the stream)."""
+    for records in iter_records(conn, row_type.TABLE, column_names(row_type), shards=shards, chunk_size=chunk_size):
+        yield [row_from_record(row_type, record) for record in records]
 
 
-def iter_chunks(
+def iter_records(
     conn: duckdb.DuckDBPyConnection,
     table: str,
-    columns: Sequence[str] | None = None,
+    columns: Sequence[str],
     chunk_size: int = 2048,
     shards: Sequence[str] | None = None,
 ) -> Iterator[list[dict]]:
-    """Rows of `table` (of `shards` only, if given) as dicts in input order, streamed in chunks (use a cursor of
-    its own: other statements on the same connection would end the stream)."""
+    """Some columns of a table's rows as dicts in input order, streamed in chunks."""
     if not table_exists(conn, table):
         raise LookupError(f"table {table!r} does not exist yet: materialize it first")
-    columns = list(columns or [name for name, _, _ in TABLES[table]])
     selected = ", ".join(f'"{name}"' for name in columns)
     where, params = shard_filter(shards)
     result = conn.execute(f'SELECT {selected} FROM "{table}" {where} ORDER BY {INPUT_ORDER}', params)

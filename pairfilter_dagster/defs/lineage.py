@@ -7,33 +7,35 @@ not for raw_samples (it reads files) nor filtered_samples (its thresholds are ru
 version of their content, so downstream assets show "upstream data changed" exactly when it did."""
 
 import hashlib
+
 import dagster as dg
 
 from ..core import store
+from ..core.schema import FilteredRow, Row, Sample, StatsRow, column_names
 
 
-def carried_over(table: str, upstream: str) -> dict[str, list[dg.TableColumnDep]]:
-    upstream_columns = {name for name, _, _ in store.TABLES[upstream]}
+def carried_over(row_type: type[Row], upstream: dg.AssetKey, upstream_type: type[Row]) -> dict[str, list]:
+    upstream_columns = set(column_names(upstream_type))
     return {
-        name: [dg.TableColumnDep(upstream, name)]
-        for name, _, _ in store.TABLES[table]
-        if name in upstream_columns
+        name: [dg.TableColumnDep(upstream, name)] for name in column_names(row_type) if name in upstream_columns
     }
 
 
-def image_pair_stats_lineage() -> dg.TableColumnLineage:
+def image_pair_stats_lineage(raw: dg.AssetKey) -> dg.TableColumnLineage:
     """The scores and statuses come from the images that raw_samples lists."""
-    deps = carried_over("image_pair_stats", "raw_samples")
-    deps["image_pair_similarity"] = [dg.TableColumnDep("raw_samples", "images")]
-    deps["status"] = deps["status"] + [dg.TableColumnDep("raw_samples", "images")]
-    deps["error"] = deps["error"] + [dg.TableColumnDep("raw_samples", "images")]
+    deps = carried_over(StatsRow, raw, Sample)
+    images = dg.TableColumnDep(raw, "images")
+    deps["image_pair_similarity"] = [images]
+    deps["image_hashes"] = [images]
+    deps["status"] = deps["status"] + [images]
+    deps["error"] = deps["error"] + [images]
     return dg.TableColumnLineage(deps)
 
 
-def filtered_samples_lineage() -> dg.TableColumnLineage:
+def filtered_samples_lineage(stats: dg.AssetKey) -> dg.TableColumnLineage:
     """Kept rows carry the stats columns over; the output line gains `__dj__stats__` from the score column."""
-    deps = carried_over("filtered_samples", "image_pair_stats")
-    deps["sample_json"] = deps["sample_json"] + [dg.TableColumnDep("image_pair_stats", "image_pair_similarity")]
+    deps = carried_over(FilteredRow, stats, StatsRow)
+    deps["sample_json"] = deps["sample_json"] + [dg.TableColumnDep(stats, "image_pair_similarity")]
     return dg.TableColumnLineage(deps)
 
 

@@ -11,18 +11,13 @@ import dagster as dg
 
 from ..core import store
 from ..core.filtering import FilterSettings
-from ..core.report import (
+from ..core.report.threshold_report import (
     HISTOGRAM_FILE, REPORT_JSON, ThresholdReport, image_data_uri, min_score_sweep_markdown, write_threshold_report,
 )
-from .assets import ASSET_DEFAULTS, filtered_samples, image_pair_stats
+from ..core.schema import StatsRow
+from .assets import asset_arguments
 from .config import recorded_filter_settings
-from .resources import PairfilterStorage
-
-REPORT_COLUMNS = ["sample_id", "manifest", "line_number", "images", "image_pairs", "image_pair_similarity", "status"]
-
-
-def report_dir(storage: PairfilterStorage) -> Path:
-    return storage.filtered_jsonl.parent / "report"
+from .spec import PipelineSpec
 
 
 def picture(path: Path, caption: str) -> dg.MetadataValue:
@@ -48,23 +43,31 @@ def report_metadata(report: ThresholdReport, settings: FilterSettings) -> dict:
     }
 
 
-@dg.asset(
-    **ASSET_DEFAULTS,
-    deps=[image_pair_stats, filtered_samples],
-    kinds={"pillow", "png"},
-    code_version="1",
-    description="Pictures for picking thresholds: a histogram of image_pair_similarity with min_score and "
-    "max_score marked, and for each threshold a contact sheet of the pairs just inside and just outside it "
-    "(thumbnails, score, sample id). Uses the thresholds of the latest filtered_samples materialization. "
-    f"Written to `<data>/output/report/` ({HISTOGRAM_FILE}, min_score_boundary.png, max_score_boundary.png, "
-    f"{REPORT_JSON}) and shown in the metadata (click [Show Markdown]).",
-)
-def similarity_report(context: dg.AssetExecutionContext, storage: PairfilterStorage) -> dg.MaterializeResult:
-    settings = recorded_filter_settings(context.instance)
-    if settings is None:
-        raise dg.Failure("filtered_samples has not been materialized yet: materialize it first")
-    with storage.connect(read_only=True) as conn:
-        rows = store.read_rows(conn, "image_pair_stats", REPORT_COLUMNS)
-    report = write_threshold_report(rows, settings, report_dir(storage))
-    context.log.info(f"Wrote the threshold report for {settings} to {report.directory}")
-    return dg.MaterializeResult(metadata=report_metadata(report, settings))
+def build_report_asset(spec: PipelineSpec, image_pair_stats: dg.AssetsDefinition,
+                       filtered_samples: dg.AssetsDefinition) -> dg.AssetsDefinition:
+    filtered_key = spec.key("filtered_samples")
+
+    @dg.asset(
+        **asset_arguments(spec, "similarity_report"),
+        deps=[image_pair_stats, filtered_samples],
+        required_resource_keys={spec.storage_key},
+        kinds={"pillow", "png"},
+        code_version="1",
+        description="Pictures for picking thresholds: a histogram of image_pair_similarity with min_score and "
+        "max_score marked, and for each threshold a contact sheet of the pairs just inside and just outside it "
+        "(thumbnails, score, sample id). Uses the thresholds of the latest filtered_samples materialization. "
+        f"Written to `<data>/output/report/` ({HISTOGRAM_FILE}, min_score_boundary.png, max_score_boundary.png, "
+        f"{REPORT_JSON}) and shown in the metadata (click [Show Markdown]).",
+    )
+    def similarity_report(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
+        settings = recorded_filter_settings(context.instance, filtered_key)
+        if settings is None:
+            raise dg.Failure("filtered_samples has not been materialized yet: materialize it first")
+        storage = spec.storage_of(context)
+        with storage.connect(read_only=True) as conn:
+            rows = [row for chunk in store.read_rows(conn, StatsRow) for row in chunk]
+        report = write_threshold_report(rows, settings, storage.report_dir)
+        context.log.info(f"Wrote the threshold report for {settings} to {report.directory}")
+        return dg.MaterializeResult(metadata=report_metadata(report, settings))
+
+    return similarity_report

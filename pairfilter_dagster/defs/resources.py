@@ -2,8 +2,7 @@
 its DuckDB store."""
 
 import os
-from contextlib import ExitStack, contextmanager
-from dataclasses import replace
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator, Literal, Optional
 
@@ -12,12 +11,13 @@ import duckdb
 from pydantic import Field, PrivateAttr, model_validator
 
 from ..core import store
-from ..core.embedding import HF_CLIP_ENV_VAR, ClipEmbedder, ModelSpec, default_hf_clip
+from ..core.embedding.engine import EmbeddingEngine
+from ..core.embedding.local import DEFAULT_DECODE_WORKERS, LocalEngine
+from ..core.embedding.model import HF_CLIP_ENV_VAR, ClipEmbedder, ModelSpec, default_hf_clip
+from ..core.embedding.ray_engine import INSTALL_HINT, RayEngine, RaySettings, ray_installed
 from ..core.images import DEFAULT_MAX_IMAGE_PIXELS, PIL_HARD_PIXEL_LIMIT
-from ..core.pairing import DEFAULT_PAIRING
-from ..core.ray_engine import INSTALL_HINT, RayEngine, ray_installed, ray_session
-from ..core.scoring import DEFAULT_CHUNK_SIZE, EmbeddingEngine
-from ..core.samples import SampleRules
+from ..core.ingest.pairing import DEFAULT_PAIRING
+from ..core.ingest.samples import SampleRules
 
 DATA_DIR_ENV_VAR = "PAIRFILTER_DATA_DIR"
 REPO_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
@@ -27,21 +27,30 @@ def default_data_dir() -> str:
     return os.environ.get(DATA_DIR_ENV_VAR) or str(REPO_DATA_DIR)
 
 
+class RayConfig(dg.Config):
+    """The Ray engine: images are embedded by Ray Data actors instead of the step's process (`core.embedding.
+    ray_engine`; the README's Ray page says why it is not dagster-ray)."""
+
+    address: Optional[str] = Field(
+        default=None, description="Ray cluster address (e.g. ray://head:10001); None: $RAY_ADDRESS, else a local "
+        "Ray started for the step (dashboard off) and shut down after it."
+    )
+    actors: int = Field(default=1, ge=1, description="Model actors (each loads the model once).")
+    num_cpus: float = Field(default=1.0, ge=0, description="CPUs reserved per model actor.")
+    num_gpus: float = Field(default=0.0, ge=0, description="GPUs per model actor; > 0 runs the actors on cuda.")
+    chunk_samples: int = Field(
+        default=20_000, ge=1, description="Samples per scoring chunk: each chunk is one Ray Data run, which starts "
+        "the actors (and loads the model) anew; larger chunks amortise that, at the cost of memory in the step."
+    )
+
+    def settings(self) -> RaySettings:
+        return RaySettings(self.address, self.actors, self.num_cpus, self.num_gpus, self.chunk_samples)
+
+
 class ClipModel(dg.ConfigurableResource):
     """A Hugging Face CLIP image encoder. The model is loaded once per process, in `setup_for_execution`, and
-    only for steps that use it; loading these definitions never imports torch (nor ray).
-
-    `engine` picks where images are embedded: `local` (in the step's process) or `ray` (Ray Data, see
-    `core.ray_engine`). With `ray`, the step connects to Ray in `setup_for_execution` and, if it started a local
-    Ray, shuts it down in `teardown_after_execution`; the step still loads the model itself (on CPU for float32)
-    only to compute the embedding cache key, a hash of the weights as loaded.
-
-    Why our own settings rather than dagster-ray 0.4.8's `RayResource` / `LocalRay`: it is a second resource the
-    scoring asset would require, and by default it runs `ray.init` in every step that requires it (`lifecycle`),
-    including runs with `engine: local`; `LocalRay` ignores any address (always `ray.init(address=None)`) and
-    does not reuse a Ray that is already initialised; and the definitions would import `dagster_ray`, which would
-    put it (and its dependencies) into the lean default install instead of the `ray` extra. What we need from it
-    (connect, or start and stop a local Ray, around a step) is the few lines of `core.ray_engine.ray_session`."""
+    only for steps that use it; loading these definitions never imports torch (nor ray). With `ray` set, the
+    images are embedded on Ray and the step loads the model only to compute the cache key."""
 
     hf_clip: str = Field(
         default=default_hf_clip(),  # the env var, also when a launchpad override names other fields only
@@ -59,65 +68,40 @@ class ClipModel(dg.ConfigurableResource):
     )
     batch_size: int = Field(default=32, ge=1, description="Images per forward pass (per actor call with ray).")
     compile: bool = Field(
-        default=False,
-        description="torch.compile the image tower: about 7% more pairs/s on CPU in the benchmark, after a "
-        "compile of up to ~30 s per run; worth it for large runs.",
+        default=False, description="torch.compile the image tower: faster per image after a compile of tens of "
+        "seconds per run; worth it for large runs.",
     )
     decode_workers: int = Field(
-        default=2, ge=1, description="Threads that decode and preprocess images while the model runs (and hash "
-        "image files, with either engine)."
+        default=DEFAULT_DECODE_WORKERS, ge=1, description="Threads that decode and preprocess images while the "
+        "model runs (and hash image files, with either engine)."
     )
-    engine: Literal["local", "ray"] = Field(
-        default="local", description="local: embed in the step's process; ray: embed through Ray Data actors "
-        "(pip install 'pairfilter-dagster[ray]')."
-    )
-    ray_address: Optional[str] = Field(
-        default=None, description="Ray cluster address (e.g. ray://head:10001); None: $RAY_ADDRESS, else a local "
-        "Ray started for the step (dashboard off) and shut down after it."
-    )
-    ray_actors: int = Field(default=1, ge=1, description="Model actors (each loads the model once).")
-    ray_num_cpus: float = Field(default=1.0, ge=0, description="CPUs reserved per model actor.")
-    ray_num_gpus: float = Field(default=0.0, ge=0, description="GPUs per model actor; > 0 runs the actors on cuda.")
-    ray_chunk_samples: int = Field(
-        default=20_000, ge=1, description="Samples per scoring chunk with ray: each chunk is one Ray Data run, "
-        "which starts the actors (and loads the model) anew; larger chunks amortise that, at the cost of memory "
-        "in the step."
+    ray: Optional[RayConfig] = Field(
+        default=None, description="Embed on Ray (pip install 'pairfilter-dagster[ray]'); None: in the step's process."
     )
 
     _embedder: Optional[ClipEmbedder] = PrivateAttr(default=None)
-    _ray: Optional[ExitStack] = PrivateAttr(default=None)
+    _log: Any = PrivateAttr(default=None)
 
     @model_validator(mode="after")
     def _ray_settings(self) -> "ClipModel":
-        if self.engine == "ray":
+        if self.ray is not None:
             if not ray_installed():
                 raise ValueError(INSTALL_HINT)
-            self.ray_engine()  # raises ValueError naming the field for settings the actors cannot run
+            self.ray.settings().actor_spec(self.model_spec())  # raises ValueError naming the field
         return self
 
     def model_spec(self) -> ModelSpec:
         return ModelSpec(self.hf_clip, self.revision, self.trust_remote_code, self.device, self.dtype, self.compile)
 
-    def ray_engine(self) -> RayEngine:
-        return RayEngine(self.model_spec(), batch_size=self.batch_size, actors=self.ray_actors,
-                         num_cpus=self.ray_num_cpus, num_gpus=self.ray_num_gpus)
-
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         spec = self.model_spec()
-        if self.engine == "ray" and spec.dtype == "float32":
-            spec = replace(spec, device="cpu")  # the step only hashes the weights: the same bytes, no GPU needed
-        self._embedder = ClipEmbedder.load(spec)  # first: a model that cannot load fails before Ray starts
-        if self.engine == "ray":
-            self._ray = ExitStack()
-            self._ray.enter_context(ray_session(self.ray_address, log=context.log.info if context.log else None))
+        if self.ray is not None:
+            spec = self.ray.settings().step_spec(spec)
+        self._embedder = ClipEmbedder.load(spec)  # first: a model that cannot load fails before any work
+        self._log = context.log
         if context.log:
-            where = f", embedding on Ray ({self.ray_actors} actor(s))" if self.engine == "ray" else ""
+            where = f", embedding on Ray ({self.ray.actors} actor(s))" if self.ray else ""
             context.log.info(f"Loaded CLIP model {self.hf_clip!r} on {self._embedder.device} ({self.dtype}){where}")
-
-    def teardown_after_execution(self, context: dg.InitResourceContext) -> None:
-        if self._ray is not None:
-            self._ray.close()
-            self._ray = None
 
     @property
     def embedder(self) -> ClipEmbedder:
@@ -126,13 +110,15 @@ class ClipModel(dg.ConfigurableResource):
         return self._embedder
 
     @property
-    def scoring_engine(self) -> Optional[EmbeddingEngine]:
-        """The engine for `build_image_pair_stats`: None is the in-process default."""
-        return self.ray_engine() if self.engine == "ray" else None
+    def engine_name(self) -> str:
+        return "ray" if self.ray else "local"
 
-    @property
-    def chunk_samples(self) -> int:
-        return self.ray_chunk_samples if self.engine == "ray" else DEFAULT_CHUNK_SIZE
+    def open_engine(self) -> EmbeddingEngine:
+        """The embedding engine, chosen here once; enter it around the scoring loop (Ray connects on entry)."""
+        if self.ray is None:
+            return LocalEngine(self.embedder, batch_size=self.batch_size, workers=self.decode_workers)
+        log = self._log.info if self._log else None
+        return RayEngine(self.model_spec(), batch_size=self.batch_size, settings=self.ray.settings(), log=log)
 
 
 class PairfilterStorage(dg.ConfigurableResource):
@@ -185,6 +171,10 @@ class PairfilterStorage(dg.ConfigurableResource):
     @property
     def filtered_jsonl(self) -> Path:
         return self.root / "output" / "filtered_samples.jsonl"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.root / "output" / "report"
 
     def sample_rules(self) -> SampleRules:
         """Raises ValueError naming `image_roots` when a root is not an existing folder."""

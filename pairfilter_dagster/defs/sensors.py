@@ -23,36 +23,33 @@ import os
 
 import dagster as dg
 
-from ..core.manifest_changes import compare, fingerprint_manifests, still_being_written
-from .partitions import MANIFEST_SHARDS, all_shards_tags, registered_shards, shard_partition_changes
-from .resources import PairfilterStorage
-from .schedules import PIPELINE_JOBS, dataset_job, shard_job
+from ..core.ingest.manifests import compare, fingerprint_manifests, still_being_written
+from .jobs import PipelineJobs
+from .partitions import all_shards_tags, registered_shards, shard_partition_changes
+from .spec import PipelineSpec
 
 INTERVAL_ENV_VAR = "PAIRFILTER_SENSOR_INTERVAL_SECONDS"
 DEFAULT_INTERVAL_SECONDS = 30
 SETTLE_SECONDS = 2.0
 """A manifest modified more recently than this may still be being copied: wait for the next tick."""
-
-
-def sensor_interval_seconds() -> int:
-    return int(os.environ.get(INTERVAL_ENV_VAR) or DEFAULT_INTERVAL_SECONDS)
-
-
-PIPELINE_ASSETS = frozenset(dg.AssetKey(name) for name in ("raw_samples", "image_pair_stats", "filtered_samples"))
 UNFINISHED = [
     dg.DagsterRunStatus.QUEUED, dg.DagsterRunStatus.NOT_STARTED, dg.DagsterRunStatus.STARTING,
     dg.DagsterRunStatus.STARTED, dg.DagsterRunStatus.CANCELING,
 ]
 
 
-def unfinished_pipeline_runs(instance: dg.DagsterInstance) -> list[str]:
+def sensor_interval_seconds() -> int:
+    return int(os.environ.get(INTERVAL_ENV_VAR) or DEFAULT_INTERVAL_SECONDS)
+
+
+def unfinished_pipeline_runs(instance: dg.DagsterInstance, job_names: set[str], assets: set[dg.AssetKey]) -> list[str]:
     """Ids of queued or running runs that write the pipeline's tables: runs of its jobs, and runs the UI or a
     backfill launches for its assets (as `__ASSET_JOB`). The dataset must be built after the shard runs, and a
     tick must not request a shard run while an earlier one for it is still going."""
     return [
         run.run_id
         for run in instance.get_runs(filters=dg.RunsFilter(statuses=UNFINISHED))
-        if run.job_name in {job.name for job in PIPELINE_JOBS} or (run.asset_selection or set()) & PIPELINE_ASSETS
+        if run.job_name in job_names or (run.asset_selection or set()) & assets
     ]
 
 
@@ -69,63 +66,73 @@ def write_cursor(generation: int, manifests: dict[str, str], dataset_pending: bo
 
 
 def shard_run_requests(
-    shards: list[str], partitions_after: list[str], generation: int, reason: str
+    shard_job: str, shards: list[str], partitions_after: list[str], generation: int, reason: str
 ) -> list[dg.RunRequest]:
     """One run per shard; or, when every partition needs a run, one run over all of them."""
     tags = {"pairfilter/manifest_changes": reason[:200]}
     if len(shards) > 1 and set(shards) == set(partitions_after):
-        return [dg.RunRequest(job_name=shard_job.name, run_key=f"all-shards@generation-{generation}",
+        return [dg.RunRequest(job_name=shard_job, run_key=f"all-shards@generation-{generation}",
                               tags={**tags, **all_shards_tags(partitions_after)})]
     return [
-        dg.RunRequest(job_name=shard_job.name, partition_key=shard, run_key=f"{shard}@generation-{generation}",
-                      tags=tags)
+        dg.RunRequest(job_name=shard_job, partition_key=shard, run_key=f"{shard}@generation-{generation}", tags=tags)
         for shard in shards
     ]
 
 
-@dg.sensor(
-    jobs=[shard_job, dataset_job],
-    minimum_interval_seconds=sensor_interval_seconds(),
-    default_status=dg.DefaultSensorStatus.STOPPED,
-    description="Adds a shard partition for each new manifest under `<data>/raw/` (deletes it for a removed one), "
-    "runs shard_job for new or changed shards (content hash, kept in the cursor), then dataset_job once they are "
-    f"done. Ticks every {sensor_interval_seconds()} s (env `{INTERVAL_ENV_VAR}`); off until switched on.",
-)
-def pairfilter_new_manifests(
-    context: dg.SensorEvaluationContext, storage: PairfilterStorage
-) -> dg.SensorResult | dg.SkipReason:
-    state = read_cursor(context.cursor)
-    generation = state["generation"]
-    unfinished = unfinished_pipeline_runs(context.instance)
-    if unfinished:
-        return dg.SkipReason(f"waiting for run {unfinished[0]} to finish")
-    busy = still_being_written(storage.raw_dir, SETTLE_SECONDS)
-    if busy:
-        return dg.SkipReason(f"waiting for {', '.join(busy)} to stop changing")
+def build_sensor(spec: PipelineSpec, jobs: PipelineJobs) -> dg.SensorDefinition:
+    job_names = {job.name for job in jobs.all}
+    assets = {spec.key(name) for name in ("raw_samples", "image_pair_stats", "filtered_samples")}
+    partitions = spec.partitions
 
-    current = fingerprint_manifests(storage.raw_dir)
-    changes = compare(state["manifests"], current)
-    to_add, to_delete = shard_partition_changes(context.instance, storage.raw_dir)
-    partition_requests = [
-        *([MANIFEST_SHARDS.build_add_request(to_add)] if to_add else []),
-        *([MANIFEST_SHARDS.build_delete_request(to_delete)] if to_delete else []),
-    ]
-    shards = sorted(set(changes.added) | set(changes.changed) | set(to_add))
-    if shards or changes.removed or to_delete:
-        generation += 1
-        reason = changes.summary() if changes else "; ".join(
-            f"partitions {label}: {', '.join(keys)}" for label, keys in (("added", to_add), ("deleted", to_delete)) if keys
-        )
-        context.log.info(f"Manifests under {storage.raw_dir}: {reason}")
-        partitions_after = [p for p in registered_shards(context.instance) if p not in to_delete] + to_add
-        return dg.SensorResult(
-            run_requests=shard_run_requests(shards, partitions_after, generation, reason),
-            dynamic_partitions_requests=partition_requests,
-            cursor=write_cursor(generation, current, dataset_pending=True),
-        )
-    if state["dataset_pending"]:
-        return dg.SensorResult(
-            run_requests=[dg.RunRequest(job_name=dataset_job.name, run_key=f"dataset@generation-{generation}")],
-            cursor=write_cursor(generation, current, dataset_pending=False),
-        )
-    return dg.SkipReason(f"no new or changed manifest among {len(current)} under {storage.raw_dir}")
+    @dg.sensor(
+        name=spec.name("pairfilter_new_manifests"),
+        jobs=[jobs.shard_job, jobs.dataset_job],
+        minimum_interval_seconds=sensor_interval_seconds(),
+        default_status=dg.DefaultSensorStatus.STOPPED,
+        required_resource_keys={spec.storage_key},
+        description="Adds a shard partition for each new manifest under `<data>/raw/` (deletes it for a removed "
+        "one), runs shard_job for new or changed shards (content hash, kept in the cursor), then dataset_job once "
+        f"they are done. Ticks every {sensor_interval_seconds()} s (env `{INTERVAL_ENV_VAR}`); off until switched "
+        "on.",
+    )
+    def pairfilter_new_manifests(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
+        raw_dir = spec.storage_of(context).raw_dir
+        state = read_cursor(context.cursor)
+        generation = state["generation"]
+        unfinished = unfinished_pipeline_runs(context.instance, job_names, assets)
+        if unfinished:
+            return dg.SkipReason(f"waiting for run {unfinished[0]} to finish")
+        busy = still_being_written(raw_dir, SETTLE_SECONDS)
+        if busy:
+            return dg.SkipReason(f"waiting for {', '.join(busy)} to stop changing")
+
+        current = fingerprint_manifests(raw_dir)
+        changes = compare(state["manifests"], current)
+        to_add, to_delete = shard_partition_changes(context.instance, partitions, raw_dir)
+        partition_requests = [
+            *([partitions.build_add_request(to_add)] if to_add else []),
+            *([partitions.build_delete_request(to_delete)] if to_delete else []),
+        ]
+        shards = sorted(set(changes.added) | set(changes.changed) | set(to_add))
+        if shards or changes.removed or to_delete:
+            generation += 1
+            reason = changes.summary() if changes else "; ".join(
+                f"partitions {label}: {', '.join(keys)}"
+                for label, keys in (("added", to_add), ("deleted", to_delete)) if keys
+            )
+            context.log.info(f"Manifests under {raw_dir}: {reason}")
+            partitions_after = [p for p in registered_shards(context.instance, partitions) if p not in to_delete]
+            return dg.SensorResult(
+                run_requests=shard_run_requests(jobs.shard_job.name, shards, partitions_after + to_add, generation,
+                                                reason),
+                dynamic_partitions_requests=partition_requests,
+                cursor=write_cursor(generation, current, dataset_pending=True),
+            )
+        if state["dataset_pending"]:
+            return dg.SensorResult(
+                run_requests=[dg.RunRequest(job_name=jobs.dataset_job.name, run_key=f"dataset@generation-{generation}")],
+                cursor=write_cursor(generation, current, dataset_pending=False),
+            )
+        return dg.SkipReason(f"no new or changed manifest among {len(current)} under {raw_dir}")
+
+    return pairfilter_new_manifests

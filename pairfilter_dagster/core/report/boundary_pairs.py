@@ -3,7 +3,8 @@
 from dataclasses import dataclass
 from typing import Iterable, Sequence
 
-from .filtering import FilterSettings, score_passes
+from ..filtering import FilterSettings, score_passes
+from ..schema import StatsRow, Status
 
 PAIRS_PER_SIDE = 6
 THRESHOLDS = ("min_score", "max_score")
@@ -26,17 +27,14 @@ class BoundaryRow:
     """Whether the score lies within [min_score, max_score]."""
 
 
-def scored_pairs(rows: Iterable[dict]) -> list[ScoredPair]:
-    """The pairs of the ok rows of the stats table (dicts with sample_id, images, image_pairs,
-    image_pair_similarity, status)."""
-    pairs = []
-    for row in rows:
-        if row["status"] != "ok":
-            continue
-        images = list(row["images"])
-        for (a, b), score in zip(row["image_pairs"], row["image_pair_similarity"]):
-            pairs.append(ScoredPair(row["sample_id"], images[a], images[b], float(score)))
-    return pairs
+def scored_pairs(rows: Iterable[StatsRow]) -> list[ScoredPair]:
+    """The pairs of the ok rows of the stats table."""
+    return [
+        ScoredPair(row.sample_id, row.images[a], row.images[b], float(score))
+        for row in rows
+        if row.status is Status.OK
+        for (a, b), score in zip(row.image_pairs, row.image_pair_similarity)
+    ]
 
 
 def above_line(score: float, threshold: str, value: float) -> bool:

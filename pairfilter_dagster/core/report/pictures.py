@@ -10,9 +10,10 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from ..filtering import FilterSettings, score_passes
+from ..images import ImageDecodeError, decode_rgb
 from .boundary_pairs import THRESHOLDS, BoundaryRow, above_line
-from .filtering import FilterSettings, score_passes
-from .images import ImageDecodeError, decode_rgb
+from .summary import histogram_edges
 
 PASS_COLOR = (46, 160, 67)
 DROP_COLOR = (160, 160, 160)
@@ -23,29 +24,6 @@ PAPER = (255, 255, 255)
 
 def font(size: int) -> ImageFont.FreeTypeFont:
     return ImageFont.load_default(size=size)
-
-
-NICE_BIN_WIDTHS = (0.005, 0.01, 0.02, 0.025, 0.05, 0.1, 0.2)
-FAR_OFF = 0.5
-"""A threshold further beyond the scores than this share of their range is drawn off scale."""
-
-
-def histogram_bins(scores: Sequence[float], settings: FilterSettings, target_bins: int = 40) -> np.ndarray:
-    """Bin edges on a round width over the scores. A threshold close to them is taken in; one far off is left out
-    (and drawn off scale at the edge), so that the bars stay wide enough to read."""
-    thresholds = [settings.min_score, settings.max_score]
-    if len(scores) == 0:
-        low, high = min(thresholds), max(thresholds)
-    else:
-        low, high = min(scores), max(scores)
-        reach = FAR_OFF * max(high - low, 0.05)
-        low = min([low, *(t for t in thresholds if low - reach <= t)])
-        high = max([high, *(t for t in thresholds if t <= high + reach)])
-    low, high = max(-1.0, low), min(1.0, high)
-    width = next((w for w in NICE_BIN_WIDTHS if (high - low) / w <= target_bins), NICE_BIN_WIDTHS[-1])
-    start = math.floor(low / width + 1e-9) * width
-    stop = max(math.ceil(high / width - 1e-9) * width, start + width)
-    return np.round(np.arange(start, stop + width / 2, width), 6)
 
 
 def draw_histogram(
@@ -59,7 +37,8 @@ def draw_histogram(
     draw = ImageDraw.Draw(image)
     values = np.asarray(scores, dtype=np.float64)
     passing = np.array([score_passes(s, settings) for s in values], dtype=bool)
-    edges = histogram_bins(values.tolist(), settings)
+    edges = histogram_edges(values.min() if len(values) else None, values.max() if len(values) else None,
+                            [settings.min_score, settings.max_score])
     kept_counts, _ = np.histogram(values[passing], bins=edges)
     dropped_counts, _ = np.histogram(values[~passing], bins=edges)
     peak = max(1, int((kept_counts + dropped_counts).max(initial=0)))

@@ -11,52 +11,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Sequence
 
-from .pairing import DEFAULT_PAIRING, ImagePair, check_pairing, image_pairs, pairing_problem
-from .status import Status
-
-MANIFEST_GLOB = "*.jsonl"
-
-
-@dataclass(frozen=True)
-class Sample:
-    sample_id: str
-    """`<manifest path relative to raw/>:<1-based line number>`."""
-    manifest: str
-    line_number: int
-    sample_json: str
-    """The line as written in the manifest (without its newline)."""
-    images: tuple[str, ...] = ()
-    """Image paths, resolved: relative ones against the manifest's folder (URLs as written)."""
-    status: Status = Status.OK
-    error: str = ""
-    image_pairs: tuple[ImagePair, ...] = ()
-    """The index pairs to score, in score order (from the `pairing` rule); empty when the sample is rejected."""
-
-    def as_row(self) -> dict:
-        """The sample as a row of the `raw_samples` table."""
-        return {
-            "sample_id": self.sample_id,
-            "manifest": self.manifest,
-            "line_number": self.line_number,
-            "images": list(self.images),
-            "status": self.status.value,
-            "error": self.error,
-            "sample_json": self.sample_json,
-            "image_pairs": [list(pair) for pair in self.image_pairs],
-        }
-
-    @classmethod
-    def from_row(cls, row: dict) -> "Sample":
-        return cls(
-            sample_id=row["sample_id"],
-            manifest=row["manifest"],
-            line_number=row["line_number"],
-            sample_json=row["sample_json"],
-            images=tuple(row["images"] or ()),
-            status=Status(row["status"]),
-            error=row["error"] or "",
-            image_pairs=tuple(tuple(pair) for pair in row.get("image_pairs") or ()),
-        )
+from ..schema import Sample, Status
+from .manifests import manifests_by_shard
+from .pairing import DEFAULT_PAIRING, check_pairing, image_pairs, pairing_problem
 
 
 @dataclass(frozen=True)
@@ -83,24 +40,6 @@ class SampleRules:
         return cls(tuple(roots), check_pairing(pairing))
 
 
-def find_manifests(raw_dir: Path) -> list[Path]:
-    """Every `*.jsonl` under `raw_dir` (subfolders included), sorted by path relative to `raw_dir`."""
-    raw_dir = Path(raw_dir)
-    if not raw_dir.is_dir():
-        return []
-    return sorted(raw_dir.rglob(MANIFEST_GLOB), key=lambda p: p.relative_to(raw_dir).as_posix())
-
-
-def manifest_name(raw_dir: Path, path: Path) -> str:
-    """A manifest's path relative to raw/, in POSIX form: its shard name, partition key and `manifest` column."""
-    return Path(path).relative_to(raw_dir).as_posix()
-
-
-def manifest_names(raw_dir: Path) -> list[str]:
-    """The shard names of every manifest under `raw_dir`, sorted."""
-    return [manifest_name(raw_dir, path) for path in find_manifests(raw_dir)]
-
-
 def read_samples(
     raw_dir: Path, rules: SampleRules | None = None, shards: Sequence[str] | None = None
 ) -> Iterator[Sample]:
@@ -109,8 +48,7 @@ def read_samples(
     folder (the folder holding `raw_dir`)."""
     raw_dir = Path(raw_dir)
     rules = rules or SampleRules.for_data_dir(raw_dir.parent)
-    for manifest_path in find_manifests(raw_dir):
-        name = manifest_name(raw_dir, manifest_path)
+    for name, manifest_path in manifests_by_shard(raw_dir).items():
         if shards is None or name in shards:
             yield from read_manifest(manifest_path, name, rules)
 
@@ -121,19 +59,13 @@ def read_manifest(path: Path, manifest: str, rules: SampleRules) -> Iterator[Sam
             yield parse_line(raw_line, manifest=manifest, line_number=line_number, base_dir=path.parent, rules=rules)
 
 
-def count_lines(path: Path) -> int:
-    """Lines in a file, counted from its bytes (a last line without a newline counts), independently of
-    parsing: the reconciliation check compares it with the number of samples."""
-    data = Path(path).read_bytes()
-    return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
-
-
 def parse_line(raw_line: bytes, *, manifest: str, line_number: int, base_dir: Path, rules: SampleRules) -> Sample:
     """One manifest line as a sample: ok (with its image pairs) or rejected with the first problem found."""
     sample_id = f"{manifest}:{line_number}"
 
     def rejected(status: Status, error: str, text: str, images: tuple[str, ...] = ()) -> Sample:
-        return Sample(sample_id, manifest, line_number, text, images, status, error)
+        return Sample(sample_id=sample_id, manifest=manifest, line_number=line_number, images=images,
+                      status=status, error=error, sample_json=text)
 
     try:
         text = raw_line.decode("utf-8").rstrip("\r\n")
@@ -169,7 +101,8 @@ def parse_line(raw_line: bytes, *, manifest: str, line_number: int, base_dir: Pa
                                                  f"outside the allowed image roots {list(rules.image_roots)}",
                         text, resolved)
     pairs = tuple(image_pairs(len(images), rules.pairing))
-    return Sample(sample_id, manifest, line_number, text, resolved, image_pairs=pairs)
+    return Sample(sample_id=sample_id, manifest=manifest, line_number=line_number, images=resolved,
+                  sample_json=text, image_pairs=pairs)
 
 
 def parse_json_object(text: str) -> tuple[dict, str]:

@@ -1,4 +1,4 @@
-"""CLIP image embeddings through Hugging Face transformers.
+"""The model: CLIP image embeddings through Hugging Face transformers.
 
 torch and transformers are imported inside `ClipEmbedder.load`, never at module level: the Dagster definitions
 import this package to show the UI, and must not pay for (or require) torch to do so.
@@ -40,8 +40,7 @@ class ModelSpec:
     device: str = "auto"
     dtype: str = "float32"
     compile: bool = False
-    """torch.compile the image tower: in the benchmark about 7% more pairs/s on CPU, after a compile of up to about
-    30 s per process (less with inductor's on-disk cache)."""
+    """torch.compile the image tower (one compiled batch shape; docs/performance.md has its measured gain)."""
 
     def __post_init__(self) -> None:
         if not self.hf_clip:

@@ -1,10 +1,11 @@
-"""The embedding cache: unit-length CLIP embeddings by (model key, image content hash), kept in the DuckDB store.
+"""The embedding cache: unit-length embeddings by (model key, image content hash), kept in the DuckDB store
+(`EmbeddingCache`) or for one run only (`MemoryCache`).
 
 Re-scoring unchanged data runs no forward pass, new data only embeds new pictures, and a different model (other
 weights, dtype or preprocessing) never sees another model's embeddings. Each `put_many` commits at once, so work
 done before a crash or a kill is kept."""
 
-from typing import Iterable, Mapping
+from typing import Iterable, Mapping, Protocol
 
 import duckdb
 import numpy as np
@@ -19,6 +20,24 @@ CREATE TABLE IF NOT EXISTS {CACHE_TABLE} (
     created_at TIMESTAMP DEFAULT current_timestamp,
     PRIMARY KEY (model_key, content_hash)
 )"""
+
+
+class Cache(Protocol):
+    def get_many(self, content_hashes: Iterable[str]) -> dict[str, np.ndarray]: ...
+    def put_many(self, embeddings: Mapping[str, np.ndarray]) -> None: ...
+
+
+class MemoryCache:
+    """Deduplication within one run, nothing kept after it."""
+
+    def __init__(self) -> None:
+        self.embeddings: dict[str, np.ndarray] = {}
+
+    def get_many(self, content_hashes: Iterable[str]) -> dict[str, np.ndarray]:
+        return {h: self.embeddings[h] for h in content_hashes if h in self.embeddings}
+
+    def put_many(self, embeddings: Mapping[str, np.ndarray]) -> None:
+        self.embeddings.update(embeddings)
 
 
 class EmbeddingCache:

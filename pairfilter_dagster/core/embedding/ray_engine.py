@@ -8,7 +8,7 @@ same paths on every node (a shared filesystem or object-storage mount on a clust
 
 Ray Data starts the actor pool anew for every dataset it executes, i.e. for every call of `RayEngine.embed`, which
 the scorer makes once per chunk of samples. The pipeline therefore scores in much larger chunks with this engine
-(`ray_chunk_samples`, default 20,000 samples) so each actor loads the model once per many thousand images; the
+(`ray.chunk_samples`, default 20,000 samples) so each actor loads the model once per many thousand images; the
 price is memory on the driver (one chunk's rows and embeddings) and coarser progress.
 
 ray is imported only inside the functions and classes that run with this engine: the Dagster definitions import
@@ -17,16 +17,16 @@ nothing from Ray, and the default install has no Ray at all (`pip install 'pairf
 
 import functools
 import os
-from contextlib import contextmanager
-from dataclasses import replace
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, replace
 from typing import Any, Callable, Iterator
 
 import numpy as np
 
-from .embedding import ClipEmbedder, ModelSpec, load_image_processor, pixel_values
-from .scoring import EmbeddedBatch, prepare_pixels
+from .engine import EmbeddedBatch, prepare_pixels
+from .model import ClipEmbedder, ModelSpec, load_image_processor, pixel_values
 
-INSTALL_HINT = "engine 'ray' needs Ray: pip install 'pairfilter-dagster[ray]'"
+INSTALL_HINT = "the Ray engine (clip resource: ray) needs Ray: pip install 'pairfilter-dagster[ray]'"
 PREPROCESS_BATCH = 16
 """Images per decode/preprocess task: small enough to spread over the CPUs, large enough to amortise a task."""
 PREPROCESS_MEMORY = 512 * 2**20
@@ -127,38 +127,73 @@ class ClipEmbedActor:
                 "forward_passes": passes}
 
 
+@dataclass(frozen=True)
+class RaySettings:
+    """Where and how wide the Ray engine runs (the `ray:` block of the clip resource)."""
+
+    address: str | None = None
+    """The cluster (e.g. ray://head:10001); None: $RAY_ADDRESS, else a local Ray started and stopped around the
+    step."""
+    actors: int = 1
+    num_cpus: float = 1.0
+    num_gpus: float = 0.0
+    chunk_samples: int = 20_000
+
+    def __post_init__(self) -> None:
+        for name in ("actors", "chunk_samples"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"ray.{name}: must be at least 1, got {getattr(self, name)}")
+        if self.num_gpus < 0 or self.num_cpus < 0:
+            raise ValueError("ray.num_cpus, ray.num_gpus: must not be negative")
+
+    def actor_spec(self, spec: ModelSpec) -> ModelSpec:
+        """The model as the actors load it: on cuda when they get a GPU, else on cpu."""
+        if spec.device == "cuda" and self.num_gpus == 0:
+            raise ValueError("device: 'cuda' with the Ray engine needs ray.num_gpus > 0 (GPUs per actor)")
+        if spec.dtype != "float32" and self.num_gpus == 0:
+            raise ValueError(f"dtype: {spec.dtype} needs GPU actors (ray.num_gpus > 0); on cpu use float32")
+        return replace(spec, device="cuda" if self.num_gpus > 0 else "cpu")
+
+    def step_spec(self, spec: ModelSpec) -> ModelSpec:
+        """The model as the step loads it, only to compute the cache key (a hash of the weights as loaded): the
+        same bytes on cpu for float32, so the step needs no GPU."""
+        return replace(spec, device="cpu") if spec.dtype == "float32" else spec
+
+
 class RayEngine:
-    """Embeds through Ray Data: `actors` model actors of `num_cpus` / `num_gpus` each, `batch_size` images per
-    forward pass. The actors run on cuda when they get a GPU (`num_gpus` > 0), else on cpu. Needs a connected Ray
-    (`ray_session`). A killed actor is restarted and its batches retried: Ray Data creates its actors with
-    `max_restarts=-1, max_task_retries=-1` unless told otherwise (test_ray_engine kills one to hold it to that)."""
+    """Embeds through Ray Data: `settings.actors` model actors of `num_cpus` / `num_gpus` each, `batch_size` images
+    per forward pass. Entering it connects to Ray (`ray_session`). A killed actor is restarted and its batches
+    retried: Ray Data creates its actors with `max_restarts=-1, max_task_retries=-1` unless told otherwise
+    (test_ray_engine kills one to hold it to that)."""
 
     def __init__(
         self,
         spec: ModelSpec,
         *,
         batch_size: int,
-        actors: int = 1,
-        num_cpus: float = 1.0,
-        num_gpus: float = 0.0,
+        settings: RaySettings = RaySettings(),
+        log: Callable[[str], None] | None = None,
         preprocess_batch_size: int = PREPROCESS_BATCH,
     ) -> None:
-        if actors < 1:
-            raise ValueError(f"ray_actors: must be at least 1, got {actors}")
         if batch_size < 1:
             raise ValueError(f"batch_size: must be at least 1, got {batch_size}")
-        if num_gpus < 0 or num_cpus < 0:
-            raise ValueError("ray_num_cpus, ray_num_gpus: must not be negative")
-        if spec.device == "cuda" and num_gpus == 0:
-            raise ValueError("device: 'cuda' with engine 'ray' needs ray_num_gpus > 0 (GPUs per actor)")
-        self.actor_spec = replace(spec, device="cuda" if num_gpus > 0 else "cpu")
-        if self.actor_spec.dtype != "float32" and num_gpus == 0:
-            raise ValueError(f"dtype: {spec.dtype} needs GPU actors (ray_num_gpus > 0); on cpu use float32")
+        self.actor_spec = settings.actor_spec(spec)
+        self.settings = settings
         self.batch_size = batch_size
-        self.actors = actors
-        self.num_cpus = num_cpus
-        self.num_gpus = num_gpus
+        self.chunk_samples = settings.chunk_samples
         self.preprocess_batch_size = preprocess_batch_size
+        self._log = log
+        self._session: ExitStack | None = None
+
+    def __enter__(self) -> "RayEngine":
+        self._session = ExitStack()
+        self._session.enter_context(ray_session(self.settings.address, log=self._log))
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._session is not None:
+            self._session.close()
+            self._session = None
 
     def embed(self, todo: list[tuple[str, str]]) -> Iterator[EmbeddedBatch]:
         if not todo:
@@ -175,8 +210,8 @@ class RayEngine:
         )
         dataset = dataset.map_batches(
             ClipEmbedActor, fn_constructor_kwargs={"spec": self.actor_spec}, batch_size=self.batch_size,
-            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.actors),
-            num_cpus=self.num_cpus, num_gpus=self.num_gpus,
+            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=self.settings.actors),
+            num_cpus=self.settings.num_cpus, num_gpus=self.settings.num_gpus,
         )
         for rows in dataset.iter_batches(batch_size=None, batch_format="numpy"):
             batch = EmbeddedBatch(forward_passes=int(rows["forward_passes"].sum()))

@@ -10,8 +10,6 @@
 import base64
 import io
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Sequence
@@ -19,9 +17,11 @@ from typing import Sequence
 import numpy as np
 from PIL import Image
 
+from ..filtering import FilterSettings, keep_row, score_passes
+from ..publish import write_atomically
+from ..schema import StatsRow
 from .boundary_pairs import PAIRS_PER_SIDE, THRESHOLDS, BoundaryRow, boundary_rows, scored_pairs
-from .filtering import FilterSettings, keep_sample, score_passes
-from .report_pictures import draw_contact_sheet, draw_histogram
+from .pictures import draw_contact_sheet, draw_histogram
 from .summary import markdown_table
 
 HISTOGRAM_FILE = "similarity_histogram.png"
@@ -62,7 +62,7 @@ def sheet_file(threshold: str) -> str:
     return f"{threshold}_boundary.png"
 
 
-def write_threshold_report(rows: Sequence[dict], settings: FilterSettings, directory: Path,
+def write_threshold_report(rows: Sequence[StatsRow], settings: FilterSettings, directory: Path,
                            per_side: int = PAIRS_PER_SIDE) -> ThresholdReport:
     """Draw the histogram and both contact sheets from stats-table rows; write them and report.json under
     `directory` (each file replaced atomically)."""
@@ -82,7 +82,7 @@ def write_threshold_report(rows: Sequence[dict], settings: FilterSettings, direc
         sheet_rows=sheet_rows,
         scores=[p.score for p in pairs],
         passing_pairs=sum(score_passes(p.score, settings) for p in pairs),
-        kept_samples=sum(keep_sample(r["status"], r["image_pair_similarity"], settings) for r in rows),
+        kept_samples=sum(keep_row(row, settings) for row in rows),
     )
     save_atomically(json.dumps(report.as_json(), indent=2).encode(), directory / REPORT_JSON)
     return report
@@ -102,19 +102,12 @@ def min_score_sweep_markdown(scores: list[float], settings: FilterSettings) -> s
 
 
 def save_atomically(content: Image.Image | bytes, path: Path) -> None:
-    """Write a PNG image (or raw bytes) to a temp file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            if isinstance(content, Image.Image):
-                content.save(handle, format="PNG", optimize=True)
-            else:
-                handle.write(content)
-        os.replace(tmp_name, path)
-    except BaseException:
-        Path(tmp_name).unlink(missing_ok=True)
-        raise
+    """A PNG image (or raw bytes) written whole or not at all."""
+    if isinstance(content, Image.Image):
+        buffer = io.BytesIO()
+        content.save(buffer, format="PNG", optimize=True)
+        content = buffer.getvalue()
+    write_atomically(path, content)
 
 
 def image_data_uri(path: Path, max_width: int = 900, jpeg_quality: int = 75) -> str:

@@ -1,0 +1,41 @@
+"""What every embedding engine does: turn (content hash, image path) items into embeddings or reasons."""
+
+from dataclasses import dataclass, field
+from typing import Any, Callable, Iterator, Protocol
+
+import numpy as np
+
+from ..images import ImageDecodeError, decode_rgb
+
+
+@dataclass
+class EmbeddedBatch:
+    """What an engine hands back for some of the images it was given: their unit-length float32 embeddings, the
+    reasons the others could not be decoded or preprocessed, and the forward passes that took."""
+
+    embeddings: dict[str, np.ndarray] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    forward_passes: int = 0
+
+
+class EmbeddingEngine(Protocol):
+    chunk_samples: int
+    """Samples per scoring chunk that suit this engine (each chunk is one call of `embed`)."""
+
+    def embed(self, todo: list[tuple[str, str]]) -> Iterator[EmbeddedBatch]:
+        """Embed (content hash, path) items, each exactly once (as an embedding or an error), in batches."""
+        ...
+
+    def __enter__(self) -> "EmbeddingEngine": ...
+
+    def __exit__(self, *exc: Any) -> None: ...
+
+
+def prepare_pixels(preprocess: Callable[[Any], np.ndarray], path: str) -> np.ndarray | str:
+    """One image file's pixel values, or why it cannot be used: every engine gives the same reason."""
+    try:
+        return preprocess(decode_rgb(path))
+    except ImageDecodeError as exc:
+        return str(exc)
+    except Exception as exc:  # the processor can refuse odd images (e.g. 1x1 pixels)
+        return f"cannot preprocess {path}: {type(exc).__name__}: {exc}"

@@ -1,0 +1,163 @@
+"""One dataclass per table row, each field carrying its SQL type and description: the DDL, the UI's column schema
+and the column lineage are all derived from these classes, and readers yield them.
+
+Field order is column order (tables written by earlier versions are checked against it)."""
+
+from dataclasses import dataclass, field, fields
+from enum import Enum
+from typing import Any, ClassVar, Mapping, NamedTuple
+
+from .ingest.pairing import ImagePair
+
+
+class Status(str, Enum):
+    """Every ingested sample gets exactly one status; a sample's checks run in this order and it gets the status
+    of the first problem found."""
+
+    OK = "ok"
+    MALFORMED_LINE = "malformed_line"
+    INVALID_IMAGES = "invalid_images"
+    NOT_A_PAIR = "not_a_pair"
+    URL_NOT_ALLOWED = "url_not_allowed"
+    PATH_NOT_ALLOWED = "path_not_allowed"
+    MISSING_IMAGE = "missing_image"
+    IMAGE_TOO_LARGE = "image_too_large"
+    UNREADABLE_IMAGE = "unreadable_image"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+STATUS_DESCRIPTIONS = {
+    Status.OK: "scored: every image was read and embedded, one score per image pair",
+    Status.MALFORMED_LINE: "the manifest line is empty, not UTF-8, not valid JSON, or not a JSON object",
+    Status.INVALID_IMAGES: "the sample has no `images` field, or it is not a list of non-empty path strings",
+    Status.NOT_A_PAIR: "the images do not form pairs under the `pairing` rule (default: exactly two), "
+    "or one path appears twice",
+    Status.URL_NOT_ALLOWED: "an image is a URL (http://, s3://, data:, ...); the pipeline never fetches images",
+    Status.PATH_NOT_ALLOWED: "an image path lies outside the allowed image roots (default: the data folder)",
+    Status.MISSING_IMAGE: "an image file does not exist",
+    Status.IMAGE_TOO_LARGE: "an image has more pixels than `max_image_pixels` (decompression-bomb guard)",
+    Status.UNREADABLE_IMAGE: "an image file exists but cannot be read or decoded as an image (empty, truncated, "
+    "not an image, a folder, ...)",
+}
+
+
+class Column(NamedTuple):
+    name: str
+    sql_type: str
+    description: str
+
+
+def column(sql_type: str, description: str, **kwargs: Any) -> Any:
+    return field(metadata={"sql_type": sql_type, "description": description}, **kwargs)
+
+
+def sample_id_column() -> Any:
+    return column("VARCHAR", "`<manifest path relative to raw/>:<1-based line number>`")
+
+
+def manifest_column() -> Any:
+    return column("VARCHAR", "manifest path relative to raw/: the shard, and the partition key in Dagster")
+
+
+def line_number_column() -> Any:
+    return column("INTEGER", "1-based line number in the manifest")
+
+
+def images_column() -> Any:
+    return column("VARCHAR[]", "image paths, resolved against the manifest's folder", default=())
+
+
+def status_column() -> Any:
+    return column("VARCHAR", "ok, or why the sample cannot be scored", default=Status.OK)
+
+
+def error_column() -> Any:
+    return column("VARCHAR", "empty when ok, else a human-readable reason", default="")
+
+
+def similarity_column() -> Any:
+    return column("DOUBLE[]", "cosine similarity of the image embeddings, one per image pair", default=())
+
+
+def pairs_column() -> Any:
+    return column("INTEGER[][]", "0-based index pairs of the images, in score order (from the pairing rule)",
+                  default=())
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sample:
+    """A row of `raw_samples`: one manifest line, usable (status ok, with the pairs to score) or not."""
+
+    TABLE: ClassVar[str] = "raw_samples"
+    sample_id: str = sample_id_column()
+    manifest: str = manifest_column()
+    line_number: int = line_number_column()
+    images: tuple[str, ...] = images_column()
+    status: Status = status_column()
+    error: str = error_column()
+    sample_json: str = column("VARCHAR", "the manifest line as written")
+    image_pairs: tuple[ImagePair, ...] = pairs_column()
+
+
+@dataclass(frozen=True, kw_only=True)
+class StatsRow:
+    """A row of `image_pair_stats`: a sample, its pair scores, its status."""
+
+    TABLE: ClassVar[str] = "image_pair_stats"
+    sample_id: str = sample_id_column()
+    manifest: str = manifest_column()
+    line_number: int = line_number_column()
+    images: tuple[str, ...] = images_column()
+    image_pair_similarity: tuple[float, ...] = similarity_column()
+    status: Status = status_column()
+    error: str = error_column()
+    image_hashes: tuple[str, ...] = column(
+        "VARCHAR[]", "sha256 of each image file's content (the embedding cache key)", default=()
+    )
+    sample_json: str = column("VARCHAR", "the manifest line as written")
+    image_pairs: tuple[ImagePair, ...] = pairs_column()
+
+
+@dataclass(frozen=True, kw_only=True)
+class FilteredRow:
+    """A row of `filtered_samples`: a kept sample and its output line."""
+
+    TABLE: ClassVar[str] = "filtered_samples"
+    sample_id: str = sample_id_column()
+    manifest: str = manifest_column()
+    line_number: int = line_number_column()
+    image_pair_similarity: tuple[float, ...] = similarity_column()
+    sample_json: str = column("VARCHAR", "the output line: original fields plus __dj__stats__")
+
+
+Row = Sample | StatsRow | FilteredRow
+ROW_TYPES: tuple[type[Row], ...] = (Sample, StatsRow, FilteredRow)
+
+
+def columns(row_type: type[Row]) -> list[Column]:
+    return [Column(f.name, f.metadata["sql_type"], f.metadata["description"]) for f in fields(row_type)]
+
+
+def column_names(row_type: type[Row]) -> list[str]:
+    return [f.name for f in fields(row_type)]
+
+
+def row_from_record(row_type: type[Row], record: Mapping[str, Any]) -> Any:
+    """A row from a database record (dict of column values): lists become tuples, the status an enum."""
+    values = {}
+    for name in column_names(row_type):
+        value = record[name]
+        if name == "status":
+            value = Status(value)
+        elif name == "image_pairs":
+            value = tuple(tuple(pair) for pair in value or ())
+        elif isinstance(value, list) or (value is None and name in LIST_COLUMNS):
+            value = tuple(value or ())
+        values[name] = value if value is not None or name not in TEXT_COLUMNS else ""
+    return row_type(**values)
+
+
+LIST_COLUMNS = frozenset(c.name for t in ROW_TYPES for c in columns(t) if c.sql_type.endswith("[]"))
+TEXT_COLUMNS = frozenset(("error",))

@@ -1,0 +1,109 @@
+"""The work behind each asset, Dagster-free, each one visible loop: read a chunk, decide, write the chunk, count.
+
+Every stage holds one chunk of rows in memory at a time and replaces its table (or its shards' rows) through one
+`store.TableWriter`, which commits when its block ends; an output file is published as the block's last step, so
+a failure anywhere leaves the previous table and file as they were."""
+
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Sequence
+
+import duckdb
+
+from . import store
+from .embedding.cache import EmbeddingCache
+from .embedding.engine import EmbeddingEngine
+from .embedding.model import ClipEmbedder
+from .filtering import FilterSettings, keep_row
+from .images import DEFAULT_MAX_IMAGE_PIXELS
+from .ingest.manifests import manifest_names
+from .progress import ProgressCallback
+from .publish import filtered_row, staged_file
+from .schema import FilteredRow, Sample, StatsRow, Status
+from .scoring import PairScorer, ScoringReport, chunked
+
+TABLE_CHUNK_SIZE = 10_000
+"""Rows per chunk where no model runs (ingesting, filtering): large enough to amortise each insert."""
+
+
+def ingest(
+    conn: duckdb.DuckDBPyConnection,
+    samples: Iterable[Sample],
+    shards: Sequence[str] | None = None,
+    chunk_size: int = TABLE_CHUNK_SIZE,
+) -> Counter[Status]:
+    """Replace `raw_samples` (only the rows of `shards`, if given) with the samples; returns the count per status."""
+    counts: Counter[Status] = Counter()
+    with store.TableWriter(conn, Sample, shards) as table:
+        for chunk in chunked(samples, chunk_size):
+            table.write(chunk)
+            counts.update(sample.status for sample in chunk)
+    return counts
+
+
+def score(
+    conn: duckdb.DuckDBPyConnection,
+    embedder: ClipEmbedder,
+    engine: EmbeddingEngine,
+    *,
+    workers: int,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    on_progress: ProgressCallback | None = None,
+    shards: Sequence[str] | None = None,
+) -> ScoringReport:
+    """Score every sample of `raw_samples` (of `shards` only, if given) into `image_pair_stats`, through the
+    persistent embedding cache; only those shards' rows are replaced."""
+    cache = EmbeddingCache(conn.cursor(), embedder.model_key)
+    chunks = store.read_rows(conn.cursor(), Sample, shards, chunk_size=engine.chunk_samples)
+    with PairScorer(engine, cache, workers=workers, max_image_pixels=max_image_pixels, on_progress=on_progress) \
+            as scorer, store.TableWriter(conn, StatsRow, shards) as table:
+        for samples in chunks:
+            table.write(scorer.score_chunk(samples))
+    return scorer.report
+
+
+@dataclass
+class FilterCounts:
+    total: int = 0
+    scored: int = 0
+    kept: int = 0
+
+    @property
+    def dropped(self) -> int:
+        return self.scored - self.kept
+
+
+def filter_and_publish(
+    conn: duckdb.DuckDBPyConnection,
+    settings: FilterSettings,
+    jsonl_path: Path,
+    chunk_size: int = TABLE_CHUNK_SIZE,
+) -> FilterCounts:
+    """Keep the samples of `image_pair_stats` that pass `settings`: the `filtered_samples` table and the JSONL
+    file, both replaced whole."""
+    counts = FilterCounts()
+    with store.TableWriter(conn, FilteredRow) as table, staged_file(jsonl_path) as jsonl:
+        for rows in store.read_rows(conn.cursor(), StatsRow, chunk_size=chunk_size):
+            kept = [filtered_row(row) for row in rows if keep_row(row, settings)]
+            table.write(kept)
+            jsonl.write_lines([row.sample_json for row in kept])
+            counts.total += len(rows)
+            counts.scored += sum(row.status is Status.OK for row in rows)
+            counts.kept += len(kept)
+        jsonl.publish()  # last, before the table commits: a failure before this line leaves both as they were
+    return counts
+
+
+def prune_removed_manifests(conn: duckdb.DuckDBPyConnection, raw_dir: Path) -> list[str]:
+    """Delete from `raw_samples` and `image_pair_stats` the rows of shards whose manifest file is gone from
+    `raw_dir`: the whole dataset is built from the manifests that exist. Creates both tables, empty, where no
+    shard has been materialized yet. Returns the shards removed."""
+    for row_type in (Sample, StatsRow):
+        store.ensure_table(conn, row_type)
+    on_disk = set(manifest_names(raw_dir))
+    stored = set(store.stored_shards(conn, Sample.TABLE)) | set(store.stored_shards(conn, StatsRow.TABLE))
+    removed = sorted(stored - on_disk)
+    if removed:
+        store.delete_shards(conn, [Sample, StatsRow], removed)
+    return removed
