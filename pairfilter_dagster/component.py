@@ -10,7 +10,7 @@ import dagster as dg
 from pydantic import Field
 
 from .core.filtering import FilterSettings
-from .core.ingest.pairing import DEFAULT_PAIRING
+from .core.ingest.pairing import DEFAULT_PAIRING, Pairing
 from .defs.pipeline import build_pipeline
 from .defs.resources import ClipModel, PairfilterStorage, default_data_dir
 from .defs.spec import DEFAULT_GROUP, PipelineSpec, default_clip
@@ -31,7 +31,7 @@ class ImagePairSimilarityFilter(dg.Component, dg.Model, dg.Resolvable):
     min_score: float = Field(default=0.1, ge=0.0, le=1.0, description="Lowest similarity kept (inclusive).")
     max_score: float = Field(default=1.0, ge=0.0, le=1.0, description="Highest similarity kept (inclusive).")
     any_or_all: Literal["any", "all"] = Field(default="any", description="Keep when any (or all) pairs pass.")
-    pairing: Literal["exactly_two", "consecutive", "all_pairs"] = Field(
+    pairing: Pairing = Field(
         default=DEFAULT_PAIRING, description="Which image pairs of a sample are scored."
     )
     image_roots: list[str] = Field(

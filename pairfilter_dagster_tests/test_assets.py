@@ -10,7 +10,6 @@ from pairfilter_dagster.core.embedding.model import ModelLoadError
 from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage
 
 from .pipeline import PIPELINE as assets
-
 from .runs import materialize_all_shards
 
 ASSETS = [assets.raw_samples, assets.image_pair_stats, assets.filtered_samples]
@@ -78,7 +77,7 @@ def test_whole_pipeline_on_the_bundled_data(scored):
                             "ORDER BY manifest, line_number")
     assert [row[0] for row in stats] == [*EDGE_CASES, *[f"pairs.jsonl:{i}" for i in range(1, 10)]]
     assert {sid: status for sid, status, _, _ in stats if sid in EDGE_CASES} == EDGE_CASES
-    for sample_id, status, error, scores in stats:
+    for _sample_id, status, error, scores in stats:
         assert (status == "ok") == (error == "") == (len(scores) == 1)
         assert all(-1.0 <= s <= 1.0 for s in scores)
     scores_by_id = {sid: scores for sid, status, _, scores in stats if status == "ok"}

@@ -8,10 +8,9 @@ import torch
 from pairfilter_dagster.core.embedding.model import ModelLoadError
 from pairfilter_dagster.core.images import PIL_HARD_PIXEL_LIMIT
 from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage
+from pairfilter_dagster.testing import write_vit_checkpoint
 
 from .pipeline import PIPELINE as assets
-
-from pairfilter_dagster.testing import write_vit_checkpoint
 from .test_assets import ASSETS, CHECKS, step_failure
 
 

@@ -9,8 +9,8 @@ import socket
 import pytest
 
 from pairfilter_dagster.core.schema import Status
-
 from pairfilter_dagster.testing import PHOTOS, write_decompression_bomb, write_unusual_images
+
 from .test_assets import ASSETS, metadata, query, read_jsonl, run
 
 pytestmark = pytest.mark.filterwarnings("ignore::PIL.Image.DecompressionBombWarning")  # PIL warns, we refuse

@@ -10,12 +10,11 @@ from pathlib import Path
 import dagster as dg
 import duckdb
 
-from .pipeline import DEFS as defs
 from pairfilter_dagster.defs.partitions import DUCKDB_POOL, all_shards_tags
 
-from .pipeline import MANIFEST_SHARDS
-
 from .conftest import REPO
+from .pipeline import DEFS as defs
+from .pipeline import MANIFEST_SHARDS
 
 DAGSTER = str(Path(sys.executable).parent / "dagster")
 PAIRFILTER_MATERIALIZE = str(Path(sys.executable).parent / "pairfilter-materialize")

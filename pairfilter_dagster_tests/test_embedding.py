@@ -5,9 +5,7 @@ from transformers import CLIPImageProcessor, CLIPModel
 
 from pairfilter_dagster.core.embedding.model import ClipEmbedder, ModelLoadError, ModelSpec
 from pairfilter_dagster.core.scoring import score_samples
-
-from pairfilter_dagster.testing import write_clip_checkpoint, write_vit_checkpoint
-from pairfilter_dagster.testing import PHOTOS
+from pairfilter_dagster.testing import PHOTOS, write_clip_checkpoint, write_vit_checkpoint
 
 from .conftest import read_samples_with_photos, write_manifest
 

@@ -16,13 +16,13 @@ import duckdb
 import pytest
 
 from pairfilter_dagster.core import store
-from pairfilter_dagster.core.schema import FilteredRow, StatsRow
 from pairfilter_dagster.core.publish import staged_file
-from .pipeline import PIPELINE as assets
-from .pipeline import MANIFEST_SHARDS
-
+from pairfilter_dagster.core.schema import FilteredRow, StatsRow
 from pairfilter_dagster.testing import write_clip_checkpoint
+
 from .conftest import REPO
+from .pipeline import MANIFEST_SHARDS
+from .pipeline import PIPELINE as assets
 from .test_assets import ASSETS, query, read_jsonl, run, step_failure
 from .test_definitions import DAGSTER
 

@@ -3,8 +3,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pairfilter_dagster.core.filtering import FilterSettings, keep_row, keep_sample
-from pairfilter_dagster.core.schema import StatsRow, Status
 from pairfilter_dagster.core.ingest.pairing import PAIRINGS, image_pairs
+from pairfilter_dagster.core.schema import StatsRow, Status
 
 
 def test_bounds_are_inclusive():

@@ -5,10 +5,13 @@ import pytest
 from PIL import Image
 
 from pairfilter_dagster.core.images import (
-    DEFAULT_MAX_IMAGE_PIXELS, PIL_HARD_PIXEL_LIMIT, ImageDecodeError, decode_rgb, inspect_image_file,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    PIL_HARD_PIXEL_LIMIT,
+    ImageDecodeError,
+    decode_rgb,
+    inspect_image_file,
 )
 from pairfilter_dagster.core.schema import Status
-
 from pairfilter_dagster.testing import PHOTOS, UNUSUAL_IMAGES, write_decompression_bomb, write_unusual_images
 
 

@@ -4,14 +4,14 @@ import json
 
 import dagster as dg
 
-from .pipeline import PIPELINE as assets
 from pairfilter_dagster.core import store
 from pairfilter_dagster.core.schema import Sample
-from .pipeline import MANIFEST_SHARDS
 from pairfilter_dagster.defs.lineage import filtered_samples_lineage, image_pair_stats_lineage, table_data_version
 from pairfilter_dagster.defs.resources import PairfilterStorage
 
 from .conftest import write_manifest
+from .pipeline import MANIFEST_SHARDS
+from .pipeline import PIPELINE as assets
 
 
 def deps(lineage: dg.TableColumnLineage) -> dict[str, set[str]]:

@@ -5,9 +5,9 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from pairfilter_dagster.core.ingest.pairing import PAIRINGS, image_pairs, pairing_problem
-from .pipeline import PIPELINE as assets
 
 from .conftest import write_manifest
+from .pipeline import PIPELINE as assets
 from .test_assets import ASSETS, metadata, query, read_jsonl, run
 
 

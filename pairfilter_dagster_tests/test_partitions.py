@@ -9,18 +9,17 @@ import dagster as dg
 import duckdb
 import pytest
 
-from pairfilter_dagster.core import store
+from pairfilter_dagster.core import stages, store
+from pairfilter_dagster.core.embedding.local import LocalEngine
 from pairfilter_dagster.core.filtering import FilterSettings
 from pairfilter_dagster.core.ingest.samples import SampleRules, read_samples
-from pairfilter_dagster.core import stages
-from pairfilter_dagster.core.embedding.local import LocalEngine
-from .pipeline import PIPELINE as assets
-from .pipeline import MANIFEST_SHARDS
 from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage
 
 from .conftest import write_manifest
-from .test_assets import CHECKS, metadata
+from .pipeline import MANIFEST_SHARDS
+from .pipeline import PIPELINE as assets
 from .runs import materialize_all_shards
+from .test_assets import CHECKS, metadata
 
 SHARDS = ["pairs.jsonl", "more/edge_cases.jsonl"]
 SHARD_ASSETS = [assets.raw_samples, assets.image_pair_stats]

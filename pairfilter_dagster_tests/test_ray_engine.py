@@ -8,10 +8,9 @@ import subprocess
 import duckdb
 import pytest
 
-from pairfilter_dagster.testing import PHOTOS
+from pairfilter_dagster.testing import PHOTOS, distinct_photos
 
 from .conftest import read_samples_with_photos, write_manifest
-from pairfilter_dagster.testing import distinct_photos
 from .runs import materialize_all_shards
 
 ray = pytest.importorskip("ray")  # a safety net only: CI installs the ray extra
@@ -19,8 +18,9 @@ ray = pytest.importorskip("ray")  # a safety net only: CI installs the ray extra
 from pairfilter_dagster.core.embedding.model import ModelSpec  # noqa: E402
 from pairfilter_dagster.core.embedding.ray_engine import RayEngine, RaySettings, ray_session  # noqa: E402
 from pairfilter_dagster.core.scoring import PairScorer, chunked, score_samples  # noqa: E402
-from .pipeline import PIPELINE as assets  # noqa: E402
 from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage, RayConfig  # noqa: E402
+
+from .pipeline import PIPELINE as assets  # noqa: E402
 
 ASSETS = [assets.raw_samples, assets.image_pair_stats, assets.filtered_samples]
 ACTOR_TITLE = "ClipEmbedActor"

@@ -11,14 +11,27 @@ import pytest
 from PIL import Image
 
 from pairfilter_dagster.core.filtering import FilterSettings
-from pairfilter_dagster.core.report.threshold_report import image_data_uri, min_score_sweep_markdown, write_threshold_report
+from pairfilter_dagster.core.ingest.samples import read_samples
 from pairfilter_dagster.core.report.pictures import (
-    DROP_COLOR, LINE_BAND, LINE_COLORS, PASS_COLOR, ROW_GAP, ROW_HEIGHT, SHEET_HEADER, SHEET_WIDTH, THUMB,
-    contact_sheet_height, thumbnail,
+    DROP_COLOR,
+    LINE_BAND,
+    LINE_COLORS,
+    PASS_COLOR,
+    ROW_GAP,
+    ROW_HEIGHT,
+    SHEET_HEADER,
+    SHEET_WIDTH,
+    THUMB,
+    contact_sheet_height,
+    thumbnail,
 )
 from pairfilter_dagster.core.report.summary import histogram_edges
+from pairfilter_dagster.core.report.threshold_report import (
+    image_data_uri,
+    min_score_sweep_markdown,
+    write_threshold_report,
+)
 from pairfilter_dagster.core.schema import StatsRow, Status
-from pairfilter_dagster.core.ingest.samples import read_samples
 
 # Known scores for the nine good pairs of the bundled data: pairs.jsonl:<n> scores 0.50 + 0.05 * n.
 KNOWN = {f"pairs.jsonl:{n}": round(0.5 + 0.05 * n, 2) for n in range(1, 10)}
@@ -157,8 +170,8 @@ def test_report_asset_after_a_real_run(bundled_data_dir, tiny_clip_dir):
     directory = bundled_data_dir / "output" / "report"
     written = json.loads((directory / "report.json").read_text())
     for name, value in config.items():
-        inclusive_above = (lambda s: s >= value) if name == "min_score" else (lambda s: s > value)
-        above = sorted((s for s in scores.values() if inclusive_above(s)))[:6]
+        inclusive_above = (lambda s, v=value: s >= v) if name == "min_score" else (lambda s, v=value: s > v)
+        above = sorted(s for s in scores.values() if inclusive_above(s))[:6]
         below = sorted((s for s in scores.values() if not inclusive_above(s)), reverse=True)[:6]
         rows = written["sheets"][name]["rows"]
         assert [row["score"] for row in rows] == pytest.approx(sorted(above + below, reverse=True))

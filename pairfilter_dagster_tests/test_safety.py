@@ -7,9 +7,9 @@ import pytest
 
 from pairfilter_dagster.core.embedding.model import ClipEmbedder, ModelLoadError, ModelSpec
 from pairfilter_dagster.defs.resources import ClipModel
-from .pipeline import DEFS as defs
 
 from .conftest import REPO
+from .pipeline import DEFS as defs
 
 
 def test_remote_code_is_off_unless_set():

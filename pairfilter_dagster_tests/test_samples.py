@@ -5,7 +5,6 @@ import pytest
 from pairfilter_dagster.core.ingest.manifests import count_lines, find_manifests
 from pairfilter_dagster.core.ingest.samples import SampleRules, read_samples
 from pairfilter_dagster.core.schema import Status
-
 from pairfilter_dagster.testing import PHOTOS
 
 from .conftest import read_samples_with_photos, write_manifest

@@ -3,14 +3,12 @@ import pytest
 
 from pairfilter_dagster.core import store
 from pairfilter_dagster.core.embedding.cache import EmbeddingCache
-from pairfilter_dagster.core.embedding.model import ClipEmbedder, ModelSpec
 from pairfilter_dagster.core.embedding.local import LocalEngine
+from pairfilter_dagster.core.embedding.model import ClipEmbedder, ModelSpec
 from pairfilter_dagster.core.progress import progress_logger
 from pairfilter_dagster.core.schema import Status
 from pairfilter_dagster.core.scoring import PairScorer, chunked, cosine, score_samples
-
-from pairfilter_dagster.testing import write_clip_checkpoint
-from pairfilter_dagster.testing import PHOTOS
+from pairfilter_dagster.testing import PHOTOS, write_clip_checkpoint
 
 from .conftest import read_samples_with_photos, write_manifest
 

@@ -15,16 +15,14 @@ from dagster._core.remote_origin import (
 )
 
 from pairfilter_dagster.core.ingest.manifests import compare, fingerprint_manifests
-from .pipeline import DEFS as defs
 from pairfilter_dagster.defs.partitions import registered_shards
-
-from .pipeline import MANIFEST_SHARDS
 from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage
-from .pipeline import PIPELINE
-
-pairfilter_new_manifests = PIPELINE.sensor
 
 from .conftest import write_manifest
+from .pipeline import DEFS as defs
+from .pipeline import MANIFEST_SHARDS, PIPELINE
+
+pairfilter_new_manifests = PIPELINE.sensor
 
 NEW_SAMPLE = {"text": "a new pair", "images": ["../images/cat.jpg", "../images/img8.jpg"]}
 BUNDLED_SHARDS = ["more/edge_cases.jsonl", "pairs.jsonl"]

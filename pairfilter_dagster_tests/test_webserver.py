@@ -13,9 +13,9 @@ import time
 import pytest
 from dagster_graphql import DagsterGraphQLClient
 
-from .browser import chromium_page, require_chromium, skip_community_dialog
 from pairfilter_dagster.testing import PHOTOS
 
+from .browser import chromium_page, require_chromium, skip_community_dialog
 from .conftest import BUNDLED_DATA, write_manifest
 from .dagster_dev import DagsterDev, wait_for
 

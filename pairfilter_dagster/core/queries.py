@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import duckdb
 
 from .schema import FilteredRow, Sample, StatsRow, Status
-from .store import INPUT_ORDER, shard_filter
+from .store import INPUT_ORDER, one, scalar, shard_filter
 
 RAW, STATS, FILTERED = Sample.TABLE, StatsRow.TABLE, FilteredRow.TABLE
 OK = f"'{Status.OK.value}'"
@@ -25,16 +25,12 @@ def preview(conn: duckdb.DuckDBPyConnection, shards: Shards, limit: int) -> list
 def image_refs_to_score(conn: duckdb.DuckDBPyConnection, shards: Shards) -> int:
     """How many image references the ok samples of `raw_samples` (of `shards`) hold: the progress total."""
     where, params = shard_filter(shards)
-    return conn.execute(
-        f"SELECT coalesce(sum(len(images)) FILTER (status = {OK}), 0) FROM {RAW} {where}", params
-    ).fetchone()[0]
+    return scalar(conn, f"SELECT coalesce(sum(len(images)) FILTER (status = {OK}), 0) FROM {RAW} {where}", params)
 
 
 def distinct_images(conn: duckdb.DuckDBPyConnection, shards: Shards) -> int:
     where, params = shard_filter(shards)
-    return conn.execute(
-        f"SELECT count(DISTINCT h) FROM (FROM {STATS} {where}), unnest(image_hashes) AS t(h) WHERE h <> ''", params
-    ).fetchone()[0]
+    return scalar(conn, f"SELECT count(DISTINCT h) FROM (FROM {STATS} {where}), unnest(image_hashes) AS t(h) WHERE h <> ''", params)
 
 
 def bad_scores(conn: duckdb.DuckDBPyConnection, shards: Shards) -> tuple[list[tuple], int]:
@@ -46,10 +42,8 @@ def bad_scores(conn: duckdb.DuckDBPyConnection, shards: Shards) -> tuple[list[tu
         f"SELECT sample_id, s FROM {stats}, unnest(image_pair_similarity) AS t(s) "
         f"WHERE NOT isfinite(s) OR s < -1 OR s > 1 ORDER BY {INPUT_ORDER}", params
     ).fetchall()
-    without_scores = conn.execute(
-        f"SELECT count(*) FROM {stats} WHERE status = {OK} "
-        "AND (len(image_pair_similarity) = 0 OR len(image_pair_similarity) != len(image_pairs))", params
-    ).fetchone()[0]
+    without_scores = scalar(conn, f"SELECT count(*) FROM {stats} WHERE status = {OK} "
+        "AND (len(image_pair_similarity) = 0 OR len(image_pair_similarity) != len(image_pairs))", params)
     return bad, without_scores
 
 
@@ -67,14 +61,10 @@ class RowMatch:
 
 def stats_match_samples(conn: duckdb.DuckDBPyConnection, shards: Shards) -> RowMatch:
     where, params = shard_filter(shards)
-    ingested = conn.execute(f"SELECT count(*) FROM {RAW} {where}", params).fetchone()[0]
-    stats_rows, distinct_ids = conn.execute(
-        f"SELECT count(*), count(DISTINCT sample_id) FROM {STATS} {where}", params
-    ).fetchone()
-    unmatched = conn.execute(
-        f"SELECT count(*) FROM (FROM {RAW} {where}) r FULL OUTER JOIN (FROM {STATS} {where}) s "
-        "USING (sample_id) WHERE r.sample_id IS NULL OR s.sample_id IS NULL", params * 2
-    ).fetchone()[0]
+    ingested = scalar(conn, f"SELECT count(*) FROM {RAW} {where}", params)
+    stats_rows, distinct_ids = one(conn, f"SELECT count(*), count(DISTINCT sample_id) FROM {STATS} {where}", params)
+    unmatched = scalar(conn, f"SELECT count(*) FROM (FROM {RAW} {where}) r FULL OUTER JOIN (FROM {STATS} {where}) s "
+        "USING (sample_id) WHERE r.sample_id IS NULL OR s.sample_id IS NULL", params * 2)
     return RowMatch(ingested, stats_rows, distinct_ids, unmatched)
 
 
@@ -100,8 +90,7 @@ def accounting(conn: duckdb.DuckDBPyConnection) -> Accounting:
     return Accounting(
         ingested_per_shard=dict(conn.execute(f"SELECT manifest, count(*) FROM {RAW} GROUP BY manifest").fetchall()),
         statuses=dict(conn.execute(f"SELECT status, count(*) FROM {STATS} GROUP BY status").fetchall()),
-        kept=conn.execute(f"SELECT count(*) FROM {FILTERED}").fetchone()[0],
-        dropped=conn.execute(
-            f"SELECT count(*) FROM {STATS} WHERE status = {OK} AND sample_id NOT IN (SELECT sample_id FROM {FILTERED})"
-        ).fetchone()[0],
+        kept=scalar(conn, f"SELECT count(*) FROM {FILTERED}"),
+        dropped=scalar(conn, f"SELECT count(*) FROM {STATS} WHERE status = {OK} "
+                             f"AND sample_id NOT IN (SELECT sample_id FROM {FILTERED})"),
     )

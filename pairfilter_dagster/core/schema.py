@@ -146,7 +146,7 @@ def column_names(row_type: type[Row]) -> list[str]:
 
 def row_from_record(row_type: type[Row], record: Mapping[str, Any]) -> Any:
     """A row from a database record (dict of column values): lists become tuples, the status an enum."""
-    values = {}
+    values: dict[str, Any] = {}
     for name in column_names(row_type):
         value = record[name]
         if name == "status":

@@ -158,7 +158,7 @@ def stats_row(
     embeddings: dict[str, np.ndarray],
     decode_errors: dict[str, str],
 ) -> StatsRow:
-    status, error, scores = sample.status, sample.error, ()
+    status, error, scores = sample.status, sample.error, tuple[float, ...]()
     if status is Status.OK:
         status, error, vectors = vectors_for(sample.images, files, embeddings, decode_errors)
         if status is Status.OK:
@@ -192,7 +192,7 @@ def vectors_for(
             return image_file.status, image_file.error, []
         if image_file.content_hash in decode_errors:
             return Status.UNREADABLE_IMAGE, decode_errors[image_file.content_hash], []
-        vectors.append(embeddings[image_file.content_hash])
+        vectors.append(embeddings[str(image_file.content_hash)])
     return Status.OK, "", vectors
 
 

@@ -9,7 +9,7 @@ A shard is a manifest: its path relative to raw/, the `manifest` column. DuckDB 
 import time
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Iterable, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
 
 import duckdb
 import pandas as pd
@@ -21,6 +21,18 @@ INPUT_ORDER = "manifest, line_number"
 LOCK_WAIT_SECONDS = 3600.0
 """A scoring step holds the write lock while it scores (its table is written in one transaction), so another
 run may have to wait as long as a whole scoring step: wait long, and say so once in the run log."""
+
+
+def one(conn: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> tuple[Any, ...]:
+    """The single row an aggregate query returns."""
+    row = conn.execute(sql, list(params)).fetchone()
+    if row is None:
+        raise LookupError(f"no row from {sql!r}")
+    return row
+
+
+def scalar(conn: duckdb.DuckDBPyConnection, sql: str, params: Sequence[Any] = ()) -> Any:
+    return one(conn, sql, params)[0]
 
 
 class StoreLockedError(RuntimeError):
@@ -152,7 +164,7 @@ def delete_shards(conn: duckdb.DuckDBPyConnection, row_types: Sequence[type[Row]
     with transaction(conn):
         for row_type in row_types:
             if table_exists(conn, row_type.TABLE):
-                deleted += conn.execute(f'DELETE FROM "{row_type.TABLE}" {where}', params).fetchone()[0]
+                deleted += scalar(conn, f'DELETE FROM "{row_type.TABLE}" {where}', params)
     return deleted
 
 
@@ -175,10 +187,7 @@ def rows_frame(rows: Sequence[Row], names: Sequence[str]) -> pd.DataFrame:
 
 
 def table_exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
-    found = conn.execute(
-        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]
-    ).fetchone()
-    return bool(found and found[0])
+    return bool(scalar(conn, "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]))
 
 
 def read_rows(
@@ -220,11 +229,11 @@ def table_fingerprint(
     of those rows does."""
     row = ", ".join(f'"{name}"' for name in columns)  # one string per row: hash() of several values mixes weakly
     where, params = shard_filter(shards)
-    count, fingerprint = conn.execute(
-        f'SELECT count(*), coalesce(bit_xor(hash(concat_ws(chr(31), {row}))), 0) FROM "{table}" {where}', params
-    ).fetchone()
+    count, fingerprint = one(
+        conn, f'SELECT count(*), coalesce(bit_xor(hash(concat_ws(chr(31), {row}))), 0) FROM "{table}" {where}', params
+    )
     return count, int(fingerprint)
 
 
 def row_count(conn: duckdb.DuckDBPyConnection, table: str) -> int:
-    return conn.execute(f'SELECT count(*) FROM "{table}"').fetchone()[0]
+    return scalar(conn, f'SELECT count(*) FROM "{table}"')

@@ -7,18 +7,22 @@ costs seconds from the stats table."""
 
 import dagster as dg
 
-from ..core import queries, stages
+from ..core import queries, stages, store
 from ..core.filtering import FilterSettings
 from ..core.ingest.manifests import count_lines, manifests_by_shard
 from ..core.ingest.samples import read_samples
 from ..core.progress import progress_logger
 from ..core.report.summary import markdown_table
 from ..core.schema import FilteredRow, Sample, StatsRow
-from ..core import store
 from .config import filter_config_class, preflight
 from .lineage import filtered_samples_lineage, image_pair_stats_lineage, table_data_version
 from .metadata import (
-    column_schema, shards_metadata, similarity_metadata, status_count_metadata, statuses_metadata, table_metadata,
+    column_schema,
+    shards_metadata,
+    similarity_metadata,
+    status_count_metadata,
+    statuses_metadata,
+    table_metadata,
 )
 from .partitions import DUCKDB_POOL, shard_asset_arguments
 from .spec import PipelineSpec
@@ -161,7 +165,7 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
     )
     def filtered_samples(context: dg.AssetExecutionContext, config: filter_config) -> dg.MaterializeResult:  # type: ignore[valid-type]
         storage = spec.storage_of(context)
-        settings: FilterSettings = config.to_settings()
+        settings: FilterSettings = config.to_settings()  # type: ignore[attr-defined]
         with storage.connect() as conn:
             removed = stages.prune_removed_manifests(conn, storage.raw_dir)
             if removed:

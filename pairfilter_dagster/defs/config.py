@@ -53,7 +53,8 @@ def recorded_filter_settings(instance: dg.DagsterInstance, filtered_key: dg.Asse
     if event is None or event.asset_materialization is None:
         return None
     recorded = event.asset_materialization.metadata
-    return FilterSettings(recorded["min_score"].value, recorded["max_score"].value, recorded["any_or_all"].value)
+    value: Any = lambda name: recorded[name].value  # noqa: E731
+    return FilterSettings(float(value("min_score")), float(value("max_score")), str(value("any_or_all")))
 
 
 def preflight(

@@ -5,9 +5,9 @@ from typing import Mapping, Optional
 import dagster as dg
 import duckdb
 
+from ..core.filtering import FilterSettings
 from ..core.report.summary import histogram_markdown, markdown_table, summarize_scores
 from ..core.schema import STATUS_DESCRIPTIONS, Row, StatsRow, Status, columns
-from ..core.filtering import FilterSettings
 
 SHARDS_LISTED = 50
 

@@ -25,7 +25,7 @@ def shard_asset_arguments(partitions: dg.DynamicPartitionsDefinition) -> dict:
 
 
 def registered_shards(instance: dg.DagsterInstance, partitions: dg.DynamicPartitionsDefinition) -> list[str]:
-    return list(instance.get_dynamic_partitions(partitions.name))
+    return list(instance.get_dynamic_partitions(str(partitions.name)))
 
 
 def shard_partition_changes(
@@ -42,9 +42,9 @@ def sync_shard_partitions(
     """Make the partitions match the manifests on disk; returns (added, deleted)."""
     added, deleted = shard_partition_changes(instance, partitions, raw_dir)
     if added:
-        instance.add_dynamic_partitions(partitions.name, added)
+        instance.add_dynamic_partitions(str(partitions.name), added)
     for key in deleted:
-        instance.delete_dynamic_partition(partitions.name, key)
+        instance.delete_dynamic_partition(str(partitions.name), key)
     return added, deleted
 
 

@@ -12,7 +12,12 @@ import dagster as dg
 from ..core import store
 from ..core.filtering import FilterSettings
 from ..core.report.threshold_report import (
-    HISTOGRAM_FILE, REPORT_JSON, ThresholdReport, image_data_uri, min_score_sweep_markdown, write_threshold_report,
+    HISTOGRAM_FILE,
+    REPORT_JSON,
+    ThresholdReport,
+    image_data_uri,
+    min_score_sweep_markdown,
+    write_threshold_report,
 )
 from ..core.schema import StatsRow
 from .assets import asset_arguments

@@ -16,7 +16,7 @@ from ..core.embedding.local import DEFAULT_DECODE_WORKERS, LocalEngine
 from ..core.embedding.model import HF_CLIP_ENV_VAR, ClipEmbedder, ModelSpec, default_hf_clip
 from ..core.embedding.ray_engine import INSTALL_HINT, RayEngine, RaySettings, ray_installed
 from ..core.images import DEFAULT_MAX_IMAGE_PIXELS, PIL_HARD_PIXEL_LIMIT
-from ..core.ingest.pairing import DEFAULT_PAIRING
+from ..core.ingest.pairing import DEFAULT_PAIRING, Pairing
 from ..core.ingest.samples import SampleRules
 
 DATA_DIR_ENV_VAR = "PAIRFILTER_DATA_DIR"
@@ -128,7 +128,7 @@ class PairfilterStorage(dg.ConfigurableResource):
     data_dir: str = Field(
         default=default_data_dir(), description=f"Data folder (env: {DATA_DIR_ENV_VAR}; default: data/ in the repo)."
     )
-    pairing: Literal["exactly_two", "consecutive", "all_pairs"] = Field(
+    pairing: Pairing = Field(
         default=DEFAULT_PAIRING,
         description="Which image pairs are scored: exactly_two (Data-Juicer's rule), consecutive ((1,2), (2,3), "
         "...) or all_pairs (every i < j) for samples of two or more images.",

@@ -125,7 +125,7 @@ def build_sensor(spec: PipelineSpec, jobs: PipelineJobs) -> dg.SensorDefinition:
             return dg.SensorResult(
                 run_requests=shard_run_requests(jobs.shard_job.name, shards, partitions_after + to_add, generation,
                                                 reason),
-                dynamic_partitions_requests=partition_requests,
+                dynamic_partitions_requests=partition_requests,  # type: ignore[arg-type]
                 cursor=write_cursor(generation, current, dataset_pending=True),
             )
         if state["dataset_pending"]:

@@ -11,6 +11,8 @@ import duckdb
 import numpy as np
 import pandas as pd
 
+from ..store import scalar
+
 CACHE_TABLE = "embedding_cache"
 CREATE_CACHE_TABLE = f"""
 CREATE TABLE IF NOT EXISTS {CACHE_TABLE} (
@@ -82,6 +84,4 @@ class EmbeddingCache:
             self.conn.unregister("incoming_embeddings")
 
     def count(self) -> int:
-        return self.conn.execute(
-            f"SELECT count(*) FROM {CACHE_TABLE} WHERE model_key = ?", [self.model_key]
-        ).fetchone()[0]
+        return scalar(self.conn, f"SELECT count(*) FROM {CACHE_TABLE} WHERE model_key = ?", [self.model_key])

@@ -90,7 +90,7 @@ class ClipEmbedder:
         device = resolve_device(spec.device)
         if spec.dtype != "float32" and device != "cuda":
             raise ValueError(f"dtype: {spec.dtype} needs device cuda; on {device} use float32")
-        common = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
+        common: dict[str, Any] = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
         try:
             config = AutoConfig.from_pretrained(source, **common)
             if getattr(config, "model_type", None) != "clip":
@@ -104,7 +104,7 @@ class ClipEmbedder:
             raise
         except Exception as exc:  # hub, network, file and config errors all come out as one clear message
             raise _load_failure(spec, exc) from exc
-        model.to(device).eval()
+        model.to(device).eval()  # type: ignore[arg-type]
         return cls(model, image_processor, spec, device)
 
     @property

@@ -200,7 +200,7 @@ class RayEngine:
             return
         import ray.data
 
-        dataset = ray.data.from_items([{"content_hash": h, "path": path} for h, path in todo])
+        dataset: Any = ray.data.from_items([{"content_hash": h, "path": path} for h, path in todo])
         dataset = dataset.map_batches(
             preprocess_batch, fn_kwargs={"spec": self.actor_spec}, batch_size=self.preprocess_batch_size,
             batch_format="numpy", num_cpus=1,

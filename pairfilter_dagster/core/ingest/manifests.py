@@ -9,7 +9,6 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-
 MANIFEST_GLOB = "*.jsonl"
 
 

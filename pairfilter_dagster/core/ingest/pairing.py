@@ -5,9 +5,11 @@ Data-Juicer's rule (`exactly_two`) takes samples of exactly two images. For samp
 0-based index pairs, in the order their scores are stored and written to `__dj__stats__`."""
 
 from itertools import combinations
+from typing import Literal
 
 PAIRINGS = ("exactly_two", "consecutive", "all_pairs")
-DEFAULT_PAIRING = "exactly_two"
+Pairing = Literal["exactly_two", "consecutive", "all_pairs"]
+DEFAULT_PAIRING: Pairing = "exactly_two"
 
 ImagePair = tuple[int, int]
 

@@ -78,15 +78,15 @@ def parse_line(raw_line: bytes, *, manifest: str, line_number: int, base_dir: Pa
     if problem:
         return rejected(Status.MALFORMED_LINE, problem, text)
 
-    images = record.get("images")
-    problem = images_problem(images, "images" in record)
+    problem = images_problem(record.get("images"), "images" in record)
     if problem:
         return rejected(Status.INVALID_IMAGES, problem, text)
+    images: list[str] = record["images"]
     resolved = tuple(image if is_url(image) else resolve_image_path(image, base_dir) for image in images)
 
-    problem = pairing_problem(len(images), rules.pairing)
-    if problem:
-        return rejected(Status.NOT_A_PAIR, problem, text, resolved)
+    pairing = pairing_problem(len(images), rules.pairing)
+    if pairing:
+        return rejected(Status.NOT_A_PAIR, pairing, text, resolved)
     if len(set(resolved)) < len(resolved):
         twice = next(images[i] for i, path in enumerate(resolved) if resolved.index(path) != i)
         return rejected(Status.NOT_A_PAIR, f"the same file appears twice: {twice!r}", text, resolved)

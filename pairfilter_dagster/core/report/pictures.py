@@ -22,7 +22,7 @@ INK = (33, 33, 33)
 PAPER = (255, 255, 255)
 
 
-def font(size: int) -> ImageFont.FreeTypeFont:
+def font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 

@@ -8,7 +8,7 @@ from typing import Mapping, Sequence
 import duckdb
 import numpy as np
 
-from ..store import shard_filter
+from ..store import one, shard_filter
 
 NICE_BIN_WIDTHS = (0.005, 0.01, 0.02, 0.025, 0.05, 0.1, 0.2)
 FAR_OFF = 0.5
@@ -52,9 +52,7 @@ def summarize_scores(
     million."""
     where, params = shard_filter(shards)
     scores = f'"{table}", unnest(image_pair_similarity) AS t(s) {where}'
-    count, low, mean, median, high = conn.execute(
-        f"SELECT count(s), min(s), avg(s), median(s), max(s) FROM {scores}", params
-    ).fetchone()
+    count, low, mean, median, high = one(conn, f"SELECT count(s), min(s), avg(s), median(s), max(s) FROM {scores}", params)
     edges = histogram_edges(low, high, thresholds, TEXT_BINS)
     summary = ScoreSummary(count=count, edges=edges, bin_counts=[0] * (len(edges) - 1))
     if count:
