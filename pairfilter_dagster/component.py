@@ -3,6 +3,7 @@ Dagster project from YAML (docs/component.md). Each instance is one dataset with
 its asset key prefix also prefixes its jobs, schedule, sensor, partitions and resources, so several instances live
 side by side in one code location."""
 
+import os
 from pathlib import Path
 from typing import Literal, Optional
 
@@ -50,7 +51,7 @@ class ImagePairSimilarityFilter(dg.Component, dg.Model, dg.Resolvable):
         return build_pipeline(self.pipeline_spec(component_dir)).definitions()
 
     def pipeline_spec(self, component_dir: Path) -> PipelineSpec:
-        data_dir = str(component_dir / Path(self.data_dir).expanduser()) if self.data_dir else default_data_dir()
+        data_dir = os.path.normpath(component_dir / Path(self.data_dir).expanduser()) if self.data_dir else default_data_dir()
         return PipelineSpec(
             key_prefix=tuple(self.asset_key_prefix),
             group=self.group,
