@@ -185,6 +185,8 @@ def summary(result: dg.ExecuteInProcessResult, storage: PairfilterStorage, secon
         lines.append(f"  kept:     {filtered['kept']} of {filtered['total']} samples ({filtered['scored']} scored)")
         lines.append(f"  dropped:  {filtered['dropped']} (scored outside the thresholds)")
         lines.append(f"  filtered: {filtered['output_path']}")
+        if filtered.get("shards_removed"):
+            lines.append(f"  removed:  {', '.join(filtered['shards_removed'])} (manifest gone: its rows deleted)")
     if "similarity_report" in meta:
         lines.append(f"  report:   {meta['similarity_report']['report_dir']}")
     lines.append(f"  duckdb:   {storage.database}")

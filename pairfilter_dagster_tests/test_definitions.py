@@ -94,7 +94,7 @@ def test_pairfilter_materialize_runs_every_shard_and_the_dataset_in_one_run(bund
     done = subprocess.run([PAIRFILTER_MATERIALIZE, "--config-json", in_config], cwd=tmp_path, env=elsewhere,
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert "1 shards" in done.stdout and "deleted: 1" in done.stdout
+    assert "over 1 shards" in done.stdout and "removed:  more/edge_cases.jsonl" in done.stdout
     with duckdb.connect(str(bundled_data_dir / "pairfilter.duckdb"), read_only=True) as conn:
         assert conn.execute("SELECT DISTINCT manifest FROM image_pair_stats").fetchall() == [("pairs.jsonl",)]
         assert conn.execute("SELECT count(*) FROM raw_samples").fetchone()[0] == 9
