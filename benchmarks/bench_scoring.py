@@ -185,7 +185,7 @@ def rethreshold_seconds(work: Path, rows: int) -> tuple[float, float]:
         manifest.writelines(json.dumps({"text": f"sample {i}", "images": [f"a{i}.jpg", f"b{i}.jpg"]}) + "\n"
                             for i in range(rows))
     with store.connect(data_dir / "pairfilter.duckdb") as conn:
-        with store.TableWriter(conn, StatsRow) as table:
+        with store.table_writer(conn, StatsRow) as table:
             for chunk in chunked(stats, 10_000):
                 table.write(chunk)
         started = time.perf_counter()

@@ -73,7 +73,7 @@ def test_a_failure_before_commit_keeps_the_old_table_and_the_old_file(tmp_path):
     with store.connect(database) as conn:
         store.ensure_table(conn, FilteredRow)
         with pytest.raises(OSError):
-            with store.TableWriter(conn, FilteredRow) as table, staged_file(target) as staged:
+            with store.table_writer(conn, FilteredRow) as table, staged_file(target) as staged:
                 staged.write_line("new")
                 staged.path = tmp_path / "no-such-folder" / "out.jsonl"  # publishing fails
                 table.write([FilteredRow(sample_id="m:1", manifest="m", line_number=1, image_pair_similarity=(0.5,),

@@ -52,7 +52,7 @@ def test_table_data_version_changes_with_any_row_or_the_extra_text(tmp_path):
         rows = [Sample(sample_id=f"m:{i}", manifest="m", line_number=i, sample_json=line)
                 for i, line in enumerate(lines, start=1)]
         with store.connect(tmp_path / "p.duckdb") as conn:
-            with store.TableWriter(conn, Sample) as table:
+            with store.table_writer(conn, Sample) as table:
                 table.write(rows)
             return table_data_version(conn, "raw_samples", ["sample_id", "sample_json"], extra).value
 

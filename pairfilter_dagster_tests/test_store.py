@@ -14,7 +14,7 @@ def stats_row(sample_id, line, scores, status=Status.OK):
 
 
 def replace(conn, row_type, rows):
-    with store.TableWriter(conn, row_type) as table:
+    with store.table_writer(conn, row_type) as table:
         table.write(rows)
     return table.rows_written
 
@@ -54,9 +54,9 @@ def test_a_shard_writer_replaces_only_its_shards_rows_and_refuses_others(tmp_pat
     with store.connect(tmp_path / "p.duckdb") as conn:
         rows = [FilteredRow(sample_id=f"{m}:1", manifest=m, line_number=1, sample_json="{}") for m in ("a", "b")]
         replace(conn, FilteredRow, rows)
-        with store.TableWriter(conn, FilteredRow, shards=["a"]) as table:
+        with store.table_writer(conn, FilteredRow, shards=["a"]) as table:
             table.write([FilteredRow(sample_id="a:2", manifest="a", line_number=2, sample_json="{}")])
         with pytest.raises(ValueError, match="rows of shards"):
-            with store.TableWriter(conn, FilteredRow, shards=["a"]) as table:
+            with store.table_writer(conn, FilteredRow, shards=["a"]) as table:
                 table.write(rows)
         assert sorted(r.sample_id for chunk in store.read_rows(conn, FilteredRow) for r in chunk) == ["a:2", "b:1"]

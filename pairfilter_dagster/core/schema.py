@@ -5,7 +5,7 @@ Field order is column order (tables written by earlier versions are checked agai
 
 from dataclasses import dataclass, field, fields
 from enum import Enum
-from typing import Any, ClassVar, Mapping, NamedTuple
+from typing import Any, Callable, ClassVar, NamedTuple, Sequence
 
 from .ingest.pairing import ImagePair
 
@@ -81,6 +81,10 @@ def similarity_column() -> Any:
     return column("DOUBLE[]", "cosine similarity of the image embeddings, one per image pair", default=())
 
 
+def sample_json_column() -> Any:
+    return column("VARCHAR", "the manifest line as written")
+
+
 def pairs_column() -> Any:
     return column("INTEGER[][]", "0-based index pairs of the images, in score order (from the pairing rule)",
                   default=())
@@ -97,7 +101,7 @@ class Sample:
     images: tuple[str, ...] = images_column()
     status: Status = status_column()
     error: str = error_column()
-    sample_json: str = column("VARCHAR", "the manifest line as written")
+    sample_json: str = sample_json_column()
     image_pairs: tuple[ImagePair, ...] = pairs_column()
 
 
@@ -116,7 +120,7 @@ class StatsRow:
     image_hashes: tuple[str, ...] = column(
         "VARCHAR[]", "sha256 of each image file's content (the embedding cache key)", default=()
     )
-    sample_json: str = column("VARCHAR", "the manifest line as written")
+    sample_json: str = sample_json_column()
     image_pairs: tuple[ImagePair, ...] = pairs_column()
 
 
@@ -144,20 +148,35 @@ def column_names(row_type: type[Row]) -> list[str]:
     return [f.name for f in fields(row_type)]
 
 
-def row_from_record(row_type: type[Row], record: Mapping[str, Any]) -> Any:
-    """A row from a database record (dict of column values): lists become tuples, the status an enum."""
-    values: dict[str, Any] = {}
-    for name in column_names(row_type):
-        value = record[name]
-        if name == "status":
-            value = Status(value)
-        elif name == "image_pairs":
-            value = tuple(tuple(pair) for pair in value or ())
-        elif isinstance(value, list) or (value is None and name in LIST_COLUMNS):
-            value = tuple(value or ())
-        values[name] = value if value is not None or name not in TEXT_COLUMNS else ""
-    return row_type(**values)
-
-
 LIST_COLUMNS = frozenset(c.name for t in ROW_TYPES for c in columns(t) if c.sql_type.endswith("[]"))
-TEXT_COLUMNS = frozenset(("error",))
+
+
+def column_values(rows: Sequence[Row], name: str) -> list[Any]:
+    """One column of `rows` as the database takes it: statuses as their values, tuples as lists."""
+    values = [getattr(row, name) for row in rows]
+    if name == "status":
+        return [status.value for status in values]
+    if name == "image_pairs":
+        return [[list(pair) for pair in pairs] for pairs in values]
+    if name in LIST_COLUMNS:
+        return [list(items) for items in values]
+    return values
+
+
+def row_reader(row_type: type[Row]) -> Callable[[Sequence[Any]], Any]:
+    """Turns a database record (the values of `column_names(row_type)`, in order) into a row: the reverse of
+    `column_values`, with a NULL list or error read as empty."""
+    def reader(name: str) -> Callable[[Any], Any]:
+        if name == "status":
+            return Status
+        if name == "image_pairs":
+            return lambda pairs: tuple(tuple(pair) for pair in pairs or ())
+        if name in LIST_COLUMNS:
+            return lambda items: tuple(items or ())
+        if name == "error":
+            return lambda error: error or ""
+        return lambda value: value
+
+    names = column_names(row_type)
+    readers = [reader(name) for name in names]
+    return lambda record: row_type(**{name: read(value) for name, read, value in zip(names, readers, record)})

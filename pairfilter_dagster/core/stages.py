@@ -1,7 +1,7 @@
 """The work behind each asset, Dagster-free, each one visible loop: read a chunk, decide, write the chunk, count.
 
 Every stage holds one chunk of rows in memory at a time and replaces its table (or its shards' rows) through one
-`store.TableWriter`, which commits when its block ends; an output file is published as the block's last step, so
+`store.table_writer`, which commits when its block ends; an output file is published as the block's last step, so
 a failure anywhere leaves the previous table and file as they were."""
 
 from collections import Counter
@@ -35,7 +35,7 @@ def ingest(
 ) -> Counter[Status]:
     """Replace `raw_samples` (only the rows of `shards`, if given) with the samples; returns the count per status."""
     counts: Counter[Status] = Counter()
-    with store.TableWriter(conn, Sample, shards) as table:
+    with store.table_writer(conn, Sample, shards) as table:
         for chunk in chunked(samples, chunk_size):
             table.write(chunk)
             counts.update(sample.status for sample in chunk)
@@ -57,7 +57,7 @@ def score(
     cache = EmbeddingCache(conn.cursor(), embedder.model_key)
     chunks = store.read_rows(conn.cursor(), Sample, shards, chunk_size=engine.chunk_samples)
     with PairScorer(engine, cache, workers=workers, max_image_pixels=max_image_pixels, on_progress=on_progress) \
-            as scorer, store.TableWriter(conn, StatsRow, shards) as table:
+            as scorer, store.table_writer(conn, StatsRow, shards) as table:
         for samples in chunks:
             table.write(scorer.score_chunk(samples))
     return scorer.report
@@ -83,7 +83,7 @@ def filter_and_publish(
     """Keep the samples of `image_pair_stats` that pass `settings`: the `filtered_samples` table and the JSONL
     file, both replaced whole."""
     counts = FilterCounts()
-    with store.TableWriter(conn, FilteredRow) as table, staged_file(jsonl_path) as jsonl:
+    with store.table_writer(conn, FilteredRow) as table, staged_file(jsonl_path) as jsonl:
         for rows in store.read_rows(conn.cursor(), StatsRow, chunk_size=chunk_size):
             kept = [filtered_row(row) for row in rows if keep_row(row, settings)]
             table.write(kept)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Iterator, Sequence
 import duckdb
 import pandas as pd
 
-from .schema import LIST_COLUMNS, Row, column_names, columns, row_from_record
+from .schema import Row, column_names, column_values, columns, row_reader
 
 INPUT_ORDER = "manifest, line_number"
 
@@ -79,51 +79,48 @@ def connect(
 
 
 class TableWriter:
-    """Replaces a table (or, given `shards`, only the rows of those manifests) with rows written chunk by chunk,
-    inside one transaction: memory holds one chunk at a time, readers see the old rows until the block ends, and
-    a failure (or a kill) leaves the old rows. Use as a context manager; it commits when the block ends."""
+    """Writes chunks of rows of one table inside the transaction that `table_writer` opened."""
 
-    def __init__(self, conn: duckdb.DuckDBPyConnection, row_type: type[Row], shards: Sequence[str] | None = None):
+    def __init__(self, conn: duckdb.DuckDBPyConnection, row_type: type[Row], shards: Sequence[str] | None) -> None:
         self.conn = conn
-        self.row_type = row_type
         self.table = row_type.TABLE
-        self.shards = None if shards is None else list(shards)
+        self.shards = None if shards is None else set(shards)
         self.rows_written = 0
         self._names = column_names(row_type)
         self._select = ", ".join(f'CAST("{c.name}" AS {c.sql_type})' for c in columns(row_type))
-        self._transaction = transaction(conn)
-
-    def __enter__(self) -> "TableWriter":
-        self._transaction.__enter__()
-        try:
-            if self.shards is None:
-                self.conn.execute(f'CREATE OR REPLACE TABLE "{self.table}" ({table_definition(self.row_type)})')
-            else:
-                ensure_table(self.conn, self.row_type)
-                where, params = shard_filter(self.shards)
-                self.conn.execute(f'DELETE FROM "{self.table}" {where}', params)
-        except BaseException as exc:
-            self._transaction.__exit__(type(exc), exc, exc.__traceback__)
-            raise
-        return self
 
     def write(self, rows: Sequence[Row]) -> None:
         if not rows:
             return
         if self.shards is not None:
-            unexpected = {row.manifest for row in rows} - set(self.shards)
+            unexpected = {row.manifest for row in rows} - self.shards
             if unexpected:
                 raise ValueError(f"rows of shards {sorted(unexpected)} written to {self.table} while replacing "
-                                 f"{self.shards}")
-        self.conn.register("incoming_rows", rows_frame(rows, self._names))
+                                 f"{sorted(self.shards)}")
+        frame = pd.DataFrame({name: column_values(rows, name) for name in self._names})
+        self.conn.register("incoming_rows", frame)
         try:
             self.conn.execute(f'INSERT INTO "{self.table}" SELECT {self._select} FROM incoming_rows')
         finally:
             self.conn.unregister("incoming_rows")
         self.rows_written += len(rows)
 
-    def __exit__(self, *exc: Any) -> None:
-        self._transaction.__exit__(*exc)
+
+@contextmanager
+def table_writer(
+    conn: duckdb.DuckDBPyConnection, row_type: type[Row], shards: Sequence[str] | None = None
+) -> Iterator[TableWriter]:
+    """Replace a table (or, given `shards`, only the rows of those manifests) with the rows written in the block,
+    chunk by chunk, inside one transaction: memory holds one chunk at a time, readers see the old rows until the
+    block ends, and a failure (or a kill) leaves the old rows."""
+    with transaction(conn):
+        if shards is None:
+            conn.execute(f'CREATE OR REPLACE TABLE "{row_type.TABLE}" ({table_definition(row_type)})')
+        else:
+            ensure_table(conn, row_type)
+            where, params = shard_filter(shards)
+            conn.execute(f'DELETE FROM "{row_type.TABLE}" {where}', params)
+        yield TableWriter(conn, row_type, shards)
 
 
 @contextmanager
@@ -174,18 +171,6 @@ def stored_shards(conn: duckdb.DuckDBPyConnection, table: str) -> list[str]:
     return [row[0] for row in conn.execute(f'SELECT DISTINCT manifest FROM "{table}" ORDER BY 1').fetchall()]
 
 
-def rows_frame(rows: Sequence[Row], names: Sequence[str]) -> pd.DataFrame:
-    """A data frame of the rows' columns, built column by column (fast); statuses as their values."""
-    frame = {name: [getattr(row, name) for row in rows] for name in names}
-    if "status" in frame:
-        frame["status"] = [status.value for status in frame["status"]]
-    if "image_pairs" in frame:
-        frame["image_pairs"] = [[list(pair) for pair in pairs] for pairs in frame["image_pairs"]]
-    for name in LIST_COLUMNS.intersection(frame).difference(("image_pairs",)):
-        frame[name] = [list(values) for values in frame[name]]
-    return pd.DataFrame(frame)
-
-
 def table_exists(conn: duckdb.DuckDBPyConnection, table: str) -> bool:
     return bool(scalar(conn, "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [table]))
 
@@ -196,25 +181,14 @@ def read_rows(
 ) -> Iterator[list[Any]]:
     """The rows of a table (of `shards` only, if given) as `row_type`, in input order, streamed in chunks (use a
     cursor of its own: other statements on the same connection would end the stream)."""
-    for records in iter_records(conn, row_type.TABLE, column_names(row_type), shards=shards, chunk_size=chunk_size):
-        yield [row_from_record(row_type, record) for record in records]
-
-
-def iter_records(
-    conn: duckdb.DuckDBPyConnection,
-    table: str,
-    columns: Sequence[str],
-    chunk_size: int = 2048,
-    shards: Sequence[str] | None = None,
-) -> Iterator[list[dict]]:
-    """Some columns of a table's rows as dicts in input order, streamed in chunks."""
-    if not table_exists(conn, table):
-        raise LookupError(f"table {table!r} does not exist yet: materialize it first")
-    selected = ", ".join(f'"{name}"' for name in columns)
+    if not table_exists(conn, row_type.TABLE):
+        raise LookupError(f"table {row_type.TABLE!r} does not exist yet: materialize it first")
+    selected = ", ".join(f'"{name}"' for name in column_names(row_type))
     where, params = shard_filter(shards)
-    result = conn.execute(f'SELECT {selected} FROM "{table}" {where} ORDER BY {INPUT_ORDER}', params)
-    while rows := result.fetchmany(chunk_size):
-        yield [dict(zip(columns, row)) for row in rows]
+    result = conn.execute(f'SELECT {selected} FROM "{row_type.TABLE}" {where} ORDER BY {INPUT_ORDER}', params)
+    read = row_reader(row_type)
+    while records := result.fetchmany(chunk_size):
+        yield [read(record) for record in records]
 
 
 def shard_filter(shards: Sequence[str] | None) -> tuple[str, list]:
