@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from pairfilter_dagster.cli import RunConsole, main
+from pairfilter_dagster.cli import main
+from pairfilter_dagster.run_console import RunConsole
 
 from .test_assets import EDGE_CASES
 
