@@ -4,6 +4,7 @@ All are blocking: a bad stats table never reaches the filtered dataset. The stat
 run they belong to (one, or every shard of a backfill); the filtered dataset's checks look at every shard."""
 
 import json
+from typing import Any
 
 import dagster as dg
 
@@ -20,11 +21,11 @@ from .spec import PipelineSpec
 def build_checks(spec: PipelineSpec, image_pair_stats: dg.AssetsDefinition,
                  filtered_samples: dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]:
     raw_key, stats_key, filtered_key = (spec.key(n) for n in ("raw_samples", "image_pair_stats", "filtered_samples"))
+    blocking_on_storage: dict[str, Any] = dict(blocking=True, required_resource_keys={spec.storage_key})
 
     @dg.asset_check(
         asset=image_pair_stats,
-        blocking=True,
-        required_resource_keys={spec.storage_key},
+        **blocking_on_storage,
         description="Every score is finite and within [-1, 1]; every ok sample has one score per image pair.",
     )
     def scores_finite_and_in_range(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
@@ -41,9 +42,8 @@ def build_checks(spec: PipelineSpec, image_pair_stats: dg.AssetsDefinition,
 
     @dg.asset_check(
         asset=image_pair_stats,
-        blocking=True,
+        **blocking_on_storage,
         additional_deps=[raw_key],
-        required_resource_keys={spec.storage_key},
         description="One stats row per ingested sample of the run's shards: same sample ids as raw_samples, no "
         "duplicates, none missing.",
     )
@@ -62,9 +62,8 @@ def build_checks(spec: PipelineSpec, image_pair_stats: dg.AssetsDefinition,
 
     @dg.asset_check(
         asset=filtered_samples,
-        blocking=True,
+        **blocking_on_storage,
         additional_deps=[stats_key],
-        required_resource_keys={spec.storage_key},
         description="Every kept sample was scored ok and its scores satisfy the thresholds of the latest "
         "materialization; the JSONL file and the table hold the same samples.",
     )
@@ -99,9 +98,8 @@ def build_checks(spec: PipelineSpec, image_pair_stats: dg.AssetsDefinition,
 
     @dg.asset_check(
         asset=filtered_samples,
-        blocking=True,
+        **blocking_on_storage,
         additional_deps=[raw_key, stats_key],
-        required_resource_keys={spec.storage_key},
         description="Every sample accounted for: the lines of the manifests in raw/ = ingested samples (per "
         "shard) = ok + rejected; kept + dropped = ok (every kept sample is a distinct ok sample); every status is "
         "in the documented vocabulary.",
