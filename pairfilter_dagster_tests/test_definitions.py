@@ -108,3 +108,34 @@ def test_the_shipped_instance_config_gives_duckdb_writing_steps_one_slot(tmp_pat
     writers = {key: defs.resolve_assets_def(key).op.pool for key in ("raw_samples", "image_pair_stats",
                                                                       "filtered_samples")}
     assert writers == dict.fromkeys(writers, DUCKDB_POOL)
+
+
+def test_pairfilter_job_launched_without_partitions_fails_at_once_saying_how_to_launch_it(
+    bundled_data_dir, tiny_clip_dir
+):
+    """As the Launchpad or GraphQL launch it: no partition tags. The first step refuses, before any work."""
+    instance = dg.DagsterInstance.ephemeral()
+    instance.add_dynamic_partitions(MANIFEST_SHARDS.name, ["pairs.jsonl", "more/edge_cases.jsonl"])
+    run_config = {"resources": {"storage": {"config": {"data_dir": str(bundled_data_dir)}},
+                                "clip": {"config": {"hf_clip": str(tiny_clip_dir)}}}}
+    result = defs.resolve_job_def("pairfilter_job").execute_in_process(
+        run_config=run_config, instance=instance, raise_on_error=False
+    )
+    assert not result.success
+    (failure,) = [e for e in result.all_events if e.event_type_value == "STEP_FAILURE"]
+    message = str(failure.event_specific_data.error)
+    assert failure.step_key == "raw_samples"
+    assert "names no partition" in message and "pairfilter-materialize" in message and "Materialize all" in message
+    assert not (bundled_data_dir / "pairfilter.duckdb").exists() and not (bundled_data_dir / "output").exists()
+
+
+def test_dagster_asset_materialize_without_a_partition_asks_for_one_as_the_docs_say(tmp_path):
+    """Dagster's own CLI refuses `--select '*'` without `--partition` before any run; the docs name the way to
+    run every shard (pairfilter-materialize) and the `--partition` form for one."""
+    env = {**os.environ, "DAGSTER_HOME": str(tmp_path)}
+    done = subprocess.run([DAGSTER, "asset", "materialize", "-m", "pairfilter_dagster.definitions", "--select", "*"],
+                          cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode != 0 and "no '--partition' option was provided" in done.stderr
+    shards_doc = (REPO / "docs" / "shards.md").read_text()
+    assert "`dagster asset materialize --select '*'` cannot do this: it needs a `--partition`" in shards_doc
+    assert "pairfilter-materialize" in shards_doc and "--partition pairs.jsonl" in shards_doc
