@@ -28,8 +28,8 @@ def default_data_dir() -> str:
 
 
 class RayConfig(dg.Config):
-    """The Ray engine: images are embedded by Ray Data actors instead of the step's process (`core.embedding.
-    ray_engine`; the README's Ray page says why it is not dagster-ray)."""
+    """The Ray engine: images are embedded by Ray Data actors instead of the step's process
+    (`core.embedding.ray_engine`; docs/ray.md says why it is not dagster-ray)."""
 
     address: Optional[str] = Field(
         default=None, description="Ray cluster address (e.g. ray://head:10001); None: $RAY_ADDRESS, else a local "
