@@ -53,18 +53,6 @@ def column(sql_type: str, description: str, **kwargs: Any) -> Any:
     return field(metadata={"sql_type": sql_type, "description": description}, **kwargs)
 
 
-def sample_id_column() -> Any:
-    return column("VARCHAR", "`<manifest path relative to raw/>:<1-based line number>`")
-
-
-def manifest_column() -> Any:
-    return column("VARCHAR", "manifest path relative to raw/: the shard, and the partition key in Dagster")
-
-
-def line_number_column() -> Any:
-    return column("INTEGER", "1-based line number in the manifest")
-
-
 def images_column() -> Any:
     return column("VARCHAR[]", "image paths, resolved against the manifest's folder", default=())
 
@@ -91,13 +79,19 @@ def pairs_column() -> Any:
 
 
 @dataclass(frozen=True, kw_only=True)
-class Sample:
+class SampleKey:
+    """The columns every table starts with: which manifest line a row is about."""
+
+    sample_id: str = column("VARCHAR", "`<manifest path relative to raw/>:<1-based line number>`")
+    manifest: str = column("VARCHAR", "manifest path relative to raw/: the shard, and the partition key in Dagster")
+    line_number: int = column("INTEGER", "1-based line number in the manifest")
+
+
+@dataclass(frozen=True, kw_only=True)
+class Sample(SampleKey):
     """A row of `raw_samples`: one manifest line, usable (status ok, with the pairs to score) or not."""
 
     TABLE: ClassVar[str] = "raw_samples"
-    sample_id: str = sample_id_column()
-    manifest: str = manifest_column()
-    line_number: int = line_number_column()
     images: tuple[str, ...] = images_column()
     status: Status = status_column()
     error: str = error_column()
@@ -106,13 +100,10 @@ class Sample:
 
 
 @dataclass(frozen=True, kw_only=True)
-class StatsRow:
+class StatsRow(SampleKey):
     """A row of `image_pair_stats`: a sample, its pair scores, its status."""
 
     TABLE: ClassVar[str] = "image_pair_stats"
-    sample_id: str = sample_id_column()
-    manifest: str = manifest_column()
-    line_number: int = line_number_column()
     images: tuple[str, ...] = images_column()
     image_pair_similarity: tuple[float, ...] = similarity_column()
     status: Status = status_column()
@@ -125,13 +116,10 @@ class StatsRow:
 
 
 @dataclass(frozen=True, kw_only=True)
-class FilteredRow:
+class FilteredRow(SampleKey):
     """A row of `filtered_samples`: a kept sample and its output line."""
 
     TABLE: ClassVar[str] = "filtered_samples"
-    sample_id: str = sample_id_column()
-    manifest: str = manifest_column()
-    line_number: int = line_number_column()
     image_pair_similarity: tuple[float, ...] = similarity_column()
     sample_json: str = column("VARCHAR", "the output line: original fields plus __dj__stats__")
 
