@@ -151,20 +151,21 @@ def column_values(rows: Sequence[Row], name: str) -> list[Any]:
     return values
 
 
-def row_reader(row_type: type[Row]) -> Callable[[Sequence[Any]], Any]:
-    """Turns a database record (the values of `column_names(row_type)`, in order) into a row: the reverse of
+def row_reader(row_type: type[Row], names: Sequence[str]) -> Callable[[Sequence[Any]], Any]:
+    """Turns a database record (the values of the columns `names`, in order) into a row: the reverse of
     `column_values`, with a NULL list or error read as empty."""
+    statuses = Status._value2member_map_
+
     def reader(name: str) -> Callable[[Any], Any]:
         if name == "status":
-            return Status
+            return statuses.__getitem__
         if name == "image_pairs":
-            return lambda pairs: tuple(tuple(pair) for pair in pairs or ())
+            return lambda pairs: tuple(map(tuple, pairs or ()))
         if name in LIST_COLUMNS:
             return lambda items: tuple(items or ())
         if name == "error":
             return lambda error: error or ""
         return lambda value: value
 
-    names = column_names(row_type)
     readers = [reader(name) for name in names]
     return lambda record: row_type(**{name: read(value) for name, read, value in zip(names, readers, record)})

@@ -20,9 +20,11 @@ from .images import DEFAULT_MAX_IMAGE_PIXELS
 from .ingest.manifests import manifest_names
 from .progress import ProgressCallback
 from .publish import filtered_row, staged_file
-from .schema import FilteredRow, Sample, StatsRow, Status
+from .schema import FilteredRow, Sample, StatsRow, Status, column_names
 from .scoring import PairScorer, ScoringReport, chunked
 
+FILTER_READS = [*column_names(FilteredRow), "status"]
+"""What filtering needs of a stats row: the keep decision and the filtered row."""
 TABLE_CHUNK_SIZE = 10_000
 """Rows per chunk where no model runs (ingesting, filtering): large enough to amortise each insert."""
 
@@ -84,7 +86,7 @@ def filter_and_publish(
     file, both replaced whole."""
     counts = FilterCounts()
     with store.table_writer(conn, FilteredRow) as table, staged_file(jsonl_path) as jsonl:
-        for rows in store.read_rows(conn.cursor(), StatsRow, chunk_size=chunk_size):
+        for rows in store.read_rows(conn.cursor(), StatsRow, chunk_size=chunk_size, only=FILTER_READS):
             kept = [filtered_row(row) for row in rows if keep_row(row, settings)]
             table.write(kept)
             jsonl.write_lines([row.sample_json for row in kept])
