@@ -34,6 +34,19 @@ from pairfilter_dagster.core.schema import StatsRow, Status
 from pairfilter_dagster.core.scoring import chunked
 from pairfilter_dagster.testing import distinct_photos, write_clip_checkpoint
 
+CPU_FLAGS = ("avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
+
+
+def cpu_features() -> str:
+    """The CPU's model and the vector features the figures depend on, as /proc/cpuinfo lists them (Linux)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return "unknown (no /proc/cpuinfo)"
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    return f"{model}; " + ", ".join(f"{flag} {'yes' if flag in flags else 'no'}" for flag in CPU_FLAGS)
+
 
 def write_dataset(data_dir: Path, pairs: list[tuple[Path, Path]]) -> Path:
     raw = data_dir / "raw"
@@ -251,6 +264,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pairfilter-bench-") as tmp:
         work = Path(tmp)
         clip_dir = write_clip_checkpoint(work / "clip-vit-b-32", size="vit-b-32")
+        print(f"CPU: {cpu_features()}", flush=True)
         print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, {args.dtype}, "
               f"batch {args.batch_size}, {args.workers} decode workers, compile {args.compile}", flush=True)
 
