@@ -18,13 +18,14 @@ import warnings
 from typing import Any, Mapping
 
 import dagster as dg
+import pydantic
 import yaml
 
 from .definitions import defs as load_defs
 from .defs.partitions import every_shard_tags, registered_shards
 from .defs.resources import PairfilterStorage
 from .run_console import PROG, RunConsole, with_console
-from .run_outcome import failure_line, one_line, summary
+from .run_outcome import failure_line, one_line, summary, validation_reason
 
 
 class BadInput(ValueError):
@@ -94,17 +95,26 @@ def main(argv: list[str] | None = None) -> int:
 
 def materialize(run_config: dict, console: RunConsole) -> int:
     """Make the shard partitions match the manifests, run every shard (or only the dataset when there is none) in
-    one run, and tell how it went: the summary, or the one line saying why it failed."""
+    one run, and tell how it went: the summary, or the one line saying why it failed. A manifest that cannot be
+    read then gets a run of its own, which fails saying why (Dagster cannot fail one partition of a run over
+    several, dagster#17836), and the command names it and exits 1."""
     started = time.monotonic()
     defs = load_defs()
     partitions = defs.resolve_assets_def("raw_samples").partitions_def
     assert isinstance(partitions, dg.DynamicPartitionsDefinition)
-    # The data folder as the run will see it: the definitions' default, or the run config's override.
-    overrides = run_config.get("resources", {}).get("storage", {}).get("config", {})
-    storage = PairfilterStorage(data_dir=overrides.get("data_dir", (defs.resources or {})["storage"].data_dir))
+    try:
+        storage = storage_for(run_config, (defs.resources or {})["storage"])
+        storage.check_data_dir()
+        listing = storage.list_shards()
+    except pydantic.ValidationError as exc:
+        print(f"{PROG}: error: {validation_reason(str(exc))}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"{PROG}: error: {exc}", file=sys.stderr)
+        return 2
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     with instance:
-        tags = every_shard_tags(instance, partitions, storage.raw_dir)
+        tags = every_shard_tags(instance, partitions, listing)
         job, run_config = with_console(defs.resolve_job_def("pairfilter_job" if tags else "dataset_job"), run_config,
                                        console)
         print(f"{job.name} over {len(registered_shards(instance, partitions))} shards under {storage.raw_dir}",
@@ -118,11 +128,27 @@ def materialize(run_config: dict, console: RunConsole) -> int:
             return 1
         finally:
             console.end_bar()
-    if not result.success or any(not check.passed for check in result.get_asset_check_evaluations()):
+        shard_job = defs.resolve_job_def("shard_job")
+        for shard, file in listing.files.items():
+            if file.problem:
+                shard_job.execute_in_process(run_config=run_config, instance=instance, partition_key=shard,
+                                             raise_on_error=False)
+    for name, problem in listing.problems.items():
+        print(f"{PROG}: {name}: {problem}", file=sys.stderr)
+    checks_failed = [c for c in result.get_asset_check_evaluations() if not c.passed]
+    if not result.success or [c for c in checks_failed if c.check_name != "every_manifest_readable"]:
         print(failure_line(result), file=sys.stderr)
         return 1
     print(summary(result, storage, time.monotonic() - started))
-    return 0
+    return 1 if listing.problems else 0
+
+
+def storage_for(run_config: dict, defaults: PairfilterStorage) -> PairfilterStorage:
+    """The storage resource as the run will see it: the definitions' one, with the run config's overrides."""
+    overrides = ((run_config.get("resources") or {}).get("storage") or {}).get("config") or {}
+    if not isinstance(overrides, dict):
+        raise ValueError(f"resources.storage.config: must be a mapping, got {overrides!r:.60}")
+    return PairfilterStorage(**{**defaults.model_dump(), **overrides})
 
 
 if __name__ == "__main__":

@@ -99,6 +99,7 @@ def test_whole_pipeline_on_the_bundled_data(scored):
     assert checks_run == {
         "scores_finite_and_in_range": True, "one_row_per_sample": True, "kept_samples_satisfy_config": True,
         "every_sample_accounted_for": True,
+        "every_manifest_readable": True,
     }
 
     raw_meta, stats_meta, filtered_meta = (metadata(result, a) for a in

@@ -129,7 +129,7 @@ def test_the_run_succeeds_without_network_and_every_count_reconciles(bad_run):
     checks = {e.check_name: e for e in result.get_asset_check_evaluations()}
     assert {name: e.passed for name, e in checks.items()} == dict.fromkeys(
         ["scores_finite_and_in_range", "one_row_per_sample", "kept_samples_satisfy_config",
-         "every_sample_accounted_for"], True)
+         "every_sample_accounted_for", "every_manifest_readable"], True)
 
     expected = {status.value: 0 for status in Status}
     for _, status, _, _ in BAD_LINES:

@@ -36,6 +36,7 @@ ASSET_NAMES = {"raw_samples", "image_pair_stats", "filtered_samples", "similarit
 CHECKS = {
     "image_pair_stats:scores_finite_and_in_range", "image_pair_stats:one_row_per_sample",
     "filtered_samples:kept_samples_satisfy_config", "filtered_samples:every_sample_accounted_for",
+    "filtered_samples:every_manifest_readable",
 }
 JOBS = {"shard_job", "dataset_job", "pairfilter_job"}
 # Two instances over two copies of the bundled data. The tiny random CLIP scores every bundled pair above 0.9, so

@@ -39,7 +39,7 @@ def test_assets_lineage_checks_and_resources_are_wired():
         dg.AssetKey("image_pair_stats"), dg.AssetKey("filtered_samples")}
     checks = {key.name for key in graph.asset_check_keys}
     assert checks == {"scores_finite_and_in_range", "one_row_per_sample", "kept_samples_satisfy_config",
-                      "every_sample_accounted_for"}
+                      "every_sample_accounted_for", "every_manifest_readable"}
     job = defs.resolve_job_def("pairfilter_job")
     assert {key.to_user_string() for key in job.asset_layer.selected_asset_keys} == keys
     assert set(defs.resources) == {"clip", "storage"}

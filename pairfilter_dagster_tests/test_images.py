@@ -7,6 +7,7 @@ from PIL import Image
 from pairfilter_dagster.core.images import (
     DEFAULT_MAX_IMAGE_PIXELS,
     PIL_HARD_PIXEL_LIMIT,
+    ImageAccess,
     ImageDecodeError,
     decode_rgb,
     inspect_image_file,
@@ -117,12 +118,12 @@ def test_a_decompression_bomb_is_too_large_and_never_decoded(tmp_path):
 def test_the_pixel_limit_is_configurable(tmp_path):
     with Image.open(PHOTOS / "cat.jpg") as photo:
         width, height = photo.size
-    assert inspect_image_file(str(PHOTOS / "cat.jpg"), max_pixels=width * height).status is Status.OK
-    smaller = inspect_image_file(str(PHOTOS / "cat.jpg"), max_pixels=width * height - 1)
+    assert inspect_image_file(str(PHOTOS / "cat.jpg"), ImageAccess(max_pixels=width * height)).status is Status.OK
+    smaller = inspect_image_file(str(PHOTOS / "cat.jpg"), ImageAccess(max_pixels=width * height - 1))
     assert smaller.status is Status.IMAGE_TOO_LARGE and f"{width}x{height}" in smaller.error
 
 
 def test_beyond_pils_hard_limit_an_image_is_too_large_whatever_the_setting(tmp_path):
     bomb = write_decompression_bomb(tmp_path / "huge.png", size=(15_000, 12_000))  # 180 M > 2 x PIL's limit
-    found = inspect_image_file(str(bomb), max_pixels=PIL_HARD_PIXEL_LIMIT)
+    found = inspect_image_file(str(bomb), ImageAccess(max_pixels=PIL_HARD_PIXEL_LIMIT))
     assert found.status is Status.IMAGE_TOO_LARGE and "decompression bomb" in found.error

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from pairfilter_dagster.core.ingest.manifests import count_lines, find_manifests
+from pairfilter_dagster.core.ingest.manifests import count_lines, list_shards
 from pairfilter_dagster.core.ingest.samples import SampleRules, read_samples
 from pairfilter_dagster.core.schema import Status
 from pairfilter_dagster.testing import PHOTOS
@@ -15,7 +15,7 @@ def test_manifests_are_read_recursively_in_sorted_relative_order(tmp_path):
     for name in ["b.jsonl", "a/z.jsonl", "a.jsonl", "a/b/c.jsonl"]:
         write_manifest(raw / name, [{"images": ["x.jpg", "y.jpg"]}])
     (raw / "notes.txt").write_text("not a manifest")
-    found = [p.relative_to(raw).as_posix() for p in find_manifests(raw)]
+    found = list_shards(raw).names
     assert found == ["a.jsonl", "a/b/c.jsonl", "a/z.jsonl", "b.jsonl"]
     assert [s.sample_id for s in read_samples(raw)] == ["a.jsonl:1", "a/b/c.jsonl:1", "a/z.jsonl:1", "b.jsonl:1"]
 
@@ -169,4 +169,4 @@ def test_an_empty_manifest_gives_no_samples_and_lines_are_counted_from_bytes(tmp
     (raw / "no_final_newline.jsonl").write_bytes(b'{"images": ["a.jpg", "b.jpg"]}\n\n{"images": []}')
     samples = list(read_samples(raw))
     assert [s.sample_id for s in samples] == [f"no_final_newline.jsonl:{i}" for i in (1, 2, 3)]
-    assert [count_lines(path) for path in find_manifests(raw)] == [0, 3]
+    assert [count_lines(path) for path in list_shards(raw).readable.values()] == [0, 3]

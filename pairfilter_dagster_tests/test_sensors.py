@@ -14,7 +14,7 @@ from dagster._core.remote_origin import (
     RemoteRepositoryOrigin,
 )
 
-from pairfilter_dagster.core.ingest.manifests import compare, fingerprint_manifests
+from pairfilter_dagster.core.ingest.manifests import compare, fingerprint_manifests, list_shards
 from pairfilter_dagster.defs.partitions import registered_shards
 from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage
 
@@ -277,11 +277,11 @@ def test_runs_of_other_jobs_do_not_hold_the_sensor_back(daemon, instance):
 
 def test_fingerprints_follow_content_not_timestamps(bundled_data_dir):
     raw = bundled_data_dir / "raw"
-    before = fingerprint_manifests(raw)
+    before = fingerprint_manifests(list_shards(raw))
     os.utime(raw / "pairs.jsonl", (0, 0))
-    assert not compare(before, fingerprint_manifests(raw))
+    assert not compare(before, fingerprint_manifests(list_shards(raw)))
     (raw / "pairs.jsonl").write_bytes((raw / "pairs.jsonl").read_bytes() + b"\n")
-    assert compare(before, fingerprint_manifests(raw)).changed == ["pairs.jsonl"]
+    assert compare(before, fingerprint_manifests(list_shards(raw))).changed == ["pairs.jsonl"]
 
 
 def test_sensor_is_off_by_default_and_targets_the_shard_and_dataset_jobs():
@@ -334,7 +334,7 @@ def test_the_requested_runs_run(daemon, instance, tiny_clip_dir):
     result = execute(dataset, instance, data_dir, tiny_clip_dir)
     assert materialized(result) == {"filtered_samples": [None], "similarity_report": [None]}
     assert {e.check_name for e in result.get_asset_check_evaluations()} == {
-        "kept_samples_satisfy_config", "every_sample_accounted_for"}
+        "kept_samples_satisfy_config", "every_sample_accounted_for", "every_manifest_readable"}
     filtered = result.asset_materializations_for_node("filtered_samples")[0].metadata
     assert filtered["total"].value == 13 and filtered["shards"].value == 2
     kept = read_jsonl(output)

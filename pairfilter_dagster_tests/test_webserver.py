@@ -30,7 +30,7 @@ BUNDLED_SHARDS = ["more/edge_cases.jsonl", "pairs.jsonl"]
 SHARDS = "manifest_shards"
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 CHECKS = {"scores_finite_and_in_range": True, "one_row_per_sample": True, "kept_samples_satisfy_config": True,
-          "every_sample_accounted_for": True}
+          "every_sample_accounted_for": True, "every_manifest_readable": True}
 THRESHOLDS = {"min_score": 0.2, "max_score": 0.95}
 SENSOR = "pairfilter_new_manifests"
 RUN_TIMEOUT = 240
@@ -326,7 +326,7 @@ def test_daemon_runs_the_sensor_for_new_shards_only_then_the_dataset(server, sha
         assert dataset["runKeys"] == ["dataset@generation-1"] and partition_requests(dataset) == []
         (dataset_run,) = [wait_for_run(server, run_id) for run_id in dataset["runIds"]]
         assert dataset_run["jobName"] == "dataset_job" and check_results(dataset_run) == {
-            "kept_samples_satisfy_config": True, "every_sample_accounted_for": True}
+            "kept_samples_satisfy_config": True, "every_sample_accounted_for": True, "every_manifest_readable": True}
         assert (server.data_dir / "output" / "filtered_samples.jsonl").read_bytes() == backfill["filtered"]
         idle_ticks_after(server, time.time(), count=2)
 

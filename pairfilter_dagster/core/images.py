@@ -1,8 +1,17 @@
-"""Image files: content hashes (one embedding per distinct picture) and decoding as Data-Juicer does."""
+"""Image files: read once through the checks that keep one file from harming the run, hashed (one embedding per
+distinct picture) and decoded as Data-Juicer does.
+
+Every read goes through `read_image_bytes`: the file is opened once (never blocking: a named pipe is refused, not
+waited on), and the opened file itself is checked: a regular file, inside the allowed roots (its real path, so a
+symlink swapped after ingestion cannot point the pipeline elsewhere), no larger than `max_bytes`. Hashing and
+decoding each read the file this way, and decoding checks that it got the bytes that were hashed."""
 
 import hashlib
 import io
+import os
+import stat
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
@@ -13,7 +22,23 @@ DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
 """PIL's own default `Image.MAX_IMAGE_PIXELS`: above it PIL warns of a possible decompression bomb."""
 PIL_HARD_PIXEL_LIMIT = 2 * DEFAULT_MAX_IMAGE_PIXELS
 """Above twice its limit PIL refuses to open an image at all, so `max_image_pixels` cannot go higher."""
+DEFAULT_MAX_IMAGE_BYTES = 256 * 2**20
+"""Far above any photo (a 89-megapixel PNG is rarely larger); a file larger than this is not read at all."""
+DEFAULT_MAX_ASPECT_RATIO = 100.0
+"""The processor resizes the shortest side to the model's size (224), so a 1 x 100000 strip would become
+224 x 22.4 million pixels (gigabytes); at 1:100 that is about 60 MB of float32."""
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
+
+
+@dataclass(frozen=True)
+class ImageAccess:
+    """Where image files may be read and how large they may be."""
+
+    roots: tuple[str, ...] = ()
+    """Real paths of the folders images must lie in; empty: anywhere."""
+    max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
+    max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
+    max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
 
 
 @dataclass(frozen=True)
@@ -26,45 +51,129 @@ class ImageFile:
     error: str = ""
 
 
+class ImageRefused(Exception):
+    """An image file that cannot be used, with the sample status it gives."""
+
+    def __init__(self, status: Status, reason: str) -> None:
+        super().__init__(reason)
+        self.status = status
+        self.reason = reason
+
+
 class ImageDecodeError(Exception):
     """An image file exists but cannot be decoded."""
 
 
-def inspect_image_file(path: str, max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS) -> ImageFile:
-    """Hash the file's bytes. A missing, empty, unidentifiable or too large file gets a status instead of a
-    hash; only the image header is parsed here, so a decompression bomb is never decoded."""
+def is_within(real_path: str, roots: Sequence[str]) -> bool:
+    """Whether a real path (symlinks and `..` resolved) lies inside one of the real-path roots."""
+    return any(os.path.commonpath([real_path, root]) == root for root in roots)
+
+
+def read_image_bytes(path: str, access: ImageAccess = ImageAccess()) -> bytes:
+    """The file's bytes, read from one open file that passed every check; raises `ImageRefused`."""
     try:
-        with open(path, "rb") as handle:
-            data = handle.read()
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
-        return ImageFile(path, None, Status.MISSING_IMAGE, f"image file not found: {path}")
+        raise ImageRefused(Status.MISSING_IMAGE, f"image file not found: {path}") from None
     except OSError as exc:
-        return ImageFile(path, None, Status.UNREADABLE_IMAGE, f"cannot read {path}: {exc.strerror or exc}")
+        raise ImageRefused(Status.UNREADABLE_IMAGE, f"cannot read {path}: {exc.strerror or exc}") from None
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise ImageRefused(Status.UNREADABLE_IMAGE, f"cannot read {path}: not a regular file ({file_kind(info.st_mode)})")
+        if access.roots:
+            real = opened_real_path(fd, path, info)
+            if real is None or not is_within(real, access.roots):
+                raise ImageRefused(Status.PATH_NOT_ALLOWED, f"image path {path} now resolves to {real or 'another file'}, "
+                                   f"outside the allowed image roots {list(access.roots)} (changed after ingestion?)")
+        if info.st_size > access.max_bytes:
+            raise ImageRefused(Status.IMAGE_TOO_LARGE, too_many_bytes(path, info.st_size, access))
+        with os.fdopen(os.dup(fd), "rb") as handle:
+            data = handle.read(access.max_bytes + 1)  # the file may have grown since fstat
+    except OSError as exc:
+        raise ImageRefused(Status.UNREADABLE_IMAGE, f"cannot read {path}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if len(data) > access.max_bytes:
+        raise ImageRefused(Status.IMAGE_TOO_LARGE, too_many_bytes(path, len(data), access))
     if not data:
-        return ImageFile(path, None, Status.UNREADABLE_IMAGE, f"image file is empty: {path}")
+        raise ImageRefused(Status.UNREADABLE_IMAGE, f"image file is empty: {path}")
+    return data
+
+
+def opened_real_path(fd: int, path: str, info: os.stat_result) -> str | None:
+    """The real path of the file behind `fd`: from /proc on Linux; elsewhere the real path of `path`, if it still
+    names the same file (None when it no longer does)."""
+    proc_link = f"/proc/self/fd/{fd}"
+    if os.path.islink(proc_link):
+        return os.readlink(proc_link)
+    real = os.path.realpath(path)
+    try:
+        now = os.stat(real)
+    except OSError:
+        return None
+    return real if (now.st_dev, now.st_ino) == (info.st_dev, info.st_ino) else None
+
+
+def file_kind(mode: int) -> str:
+    kinds = {stat.S_ISDIR: "a folder", stat.S_ISFIFO: "a named pipe", stat.S_ISCHR: "a character device",
+             stat.S_ISBLK: "a block device", stat.S_ISSOCK: "a socket"}
+    return next((kind for test, kind in kinds.items() if test(mode)), "not a file")
+
+
+def too_many_bytes(path: str, size: int, access: ImageAccess) -> str:
+    return f"image too large: {path} is {size} bytes, more than max_image_bytes={access.max_bytes}"
+
+
+def inspect_image_file(path: str, access: ImageAccess = ImageAccess()) -> ImageFile:
+    """Hash the file's bytes. A missing, empty, unidentifiable or too large file (bytes, pixels, or aspect ratio)
+    gets a status instead of a hash; only the image header is parsed here, so a decompression bomb is never
+    decoded."""
+    try:
+        data = read_image_bytes(path, access)
+        check_header(path, data, access)
+    except ImageRefused as refused:
+        return ImageFile(path, None, refused.status, refused.reason)
+    return ImageFile(path, hashlib.sha256(data).hexdigest())
+
+
+def check_header(path: str, data: bytes, access: ImageAccess) -> None:
     try:
         with Image.open(io.BytesIO(data)) as header:
             width, height = header.size
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:  # the warning, under -W error
-        return ImageFile(path, None, Status.IMAGE_TOO_LARGE,
-                         f"image too large: {path}: {exc} (max_image_pixels={max_pixels})")
+        raise ImageRefused(Status.IMAGE_TOO_LARGE,
+                           f"image too large: {path}: {exc} (max_image_pixels={access.max_pixels})") from None
     except UnidentifiedImageError:
-        return ImageFile(path, None, Status.UNREADABLE_IMAGE,
-                         f"cannot decode {path}: not an image format PIL knows; the file starts with {data[:20]!r}")
+        raise ImageRefused(Status.UNREADABLE_IMAGE, f"cannot decode {path}: not an image format PIL knows; the file "
+                           f"starts with {data[:20]!r}") from None
     except Exception as exc:  # PIL raises many types (SyntaxError, ValueError, struct.error, ...)
-        return ImageFile(path, None, Status.UNREADABLE_IMAGE, f"cannot decode {path}: {type(exc).__name__}: {exc}")
-    if width * height > max_pixels:
-        return ImageFile(path, None, Status.IMAGE_TOO_LARGE, f"image too large: {path} is {width}x{height} = "
-                         f"{width * height} pixels, more than max_image_pixels={max_pixels}")
-    return ImageFile(path, hashlib.sha256(data).hexdigest())
+        raise ImageRefused(Status.UNREADABLE_IMAGE, f"cannot decode {path}: {type(exc).__name__}: {exc}") from None
+    if width * height > access.max_pixels:
+        raise ImageRefused(Status.IMAGE_TOO_LARGE, f"image too large: {path} is {width}x{height} = "
+                           f"{width * height} pixels, more than max_image_pixels={access.max_pixels}")
+    if max(width, height) > access.max_aspect_ratio * max(min(width, height), 1):
+        raise ImageRefused(Status.IMAGE_TOO_LARGE, f"image too elongated: {path} is {width}x{height}, an aspect "
+                           f"ratio above max_image_aspect_ratio={access.max_aspect_ratio:g}")
 
 
-def decode_rgb(path: str) -> Image.Image:
-    """Open, turn upright by EXIF orientation, decode fully, convert to RGB (Data-Juicer's `load_image`).
+def read_verified(path: str, content_hash: str, access: ImageAccess = ImageAccess()) -> bytes:
+    """The file's bytes, if they are still the ones hashed as `content_hash`: a picture replaced during the run
+    never has its embedding stored under another picture's hash."""
+    data = read_image_bytes(path, access)
+    if hashlib.sha256(data).hexdigest() != content_hash:
+        raise ImageRefused(Status.UNREADABLE_IMAGE, f"{path} changed while the run read it (its content is no longer "
+                           "the one hashed); score it again in the next run")
+    return data
+
+
+def decode_rgb(path: str, data: bytes | None = None) -> Image.Image:
+    """Decode (the file at `path`, or its bytes `data`), turn upright by EXIF orientation, convert to RGB
+    (Data-Juicer's `load_image`).
 
     16-bit grayscale (PNG) is scaled to 8 bits first: PIL's own conversion clips it, turning a photo white."""
     try:
-        with Image.open(path) as opened:
+        with Image.open(path if data is None else io.BytesIO(data)) as opened:
             image = ImageOps.exif_transpose(opened)
             image.load()
             if image.mode in SIXTEEN_BIT_MODES:

@@ -1,75 +1,102 @@
-"""Publishing outputs: the Data-Juicer line of a kept sample (original fields unchanged, plus `__dj__stats__`), and
-files that appear whole or not at all."""
+"""Publishing outputs: the Data-Juicer line of a kept sample, and files that appear whole or not at all.
 
+A kept line is the manifest line as written, every byte of it, with `__dj__stats__` merged in and its relative
+image paths rewritten relative to the output file's folder (where Data-Juicer resolves them on reading).
+
+A file is written to a temp file beside it (`.<name>.<host>.<pid>.<random>.tmp`, with the usual permissions),
+fsynced, and renamed over the old one. A write that fails removes its temp file; one that is killed leaves it, and
+the next write of that file (or the next store connection) removes the temp files of processes that are gone. The
+filtered JSONL is renamed only after its table commits, and the commit records the pending rename (`pending_publish`):
+a run killed between the two is completed by the next connection, so the file and its table never disagree for
+longer than that."""
+
+import hashlib
 import json
 import os
-import tempfile
+import secrets
+import socket
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any, Iterator, Sequence
 
-from .schema import FilteredRow, StatsRow
+import duckdb
 
-DJ_STATS_FIELD = "__dj__stats__"
-SIMILARITY_STAT = "image_pair_similarity"
+from .jsonline import one_physical_line, set_members
+from .schema import DJ_STATS_FIELD, SIMILARITY_STAT, FilteredRow, StatsRow
+
+TEMP_SUFFIX = ".tmp"
+PENDING_TABLE = "pending_publish"
 
 
-def dj_record(sample_json: str, scores: Sequence[float]) -> str:
-    """The sample's JSON line with Data-Juicer's stats field added, every original field untouched.
-
-    The field is spliced in before the closing brace, so the original text is kept byte for byte (and a JSON
-    round trip per kept sample is saved); a line that already mentions `__dj__stats__` is merged through JSON."""
+def dj_record(sample_json: str, scores: Sequence[float], images: Sequence[str] | None = None) -> str:
+    """The sample's JSON line with Data-Juicer's stats merged into `__dj__stats__` (any other stats kept) and,
+    given `images`, its relative image paths replaced by those; every other byte as written, on one physical
+    line."""
     # json.dumps writes floats with repr(); kept scores are finite, so this is the same text, made faster.
-    similarity = f'{{"{SIMILARITY_STAT}": [{", ".join(repr(float(score)) for score in scores)}]}}'
-    body = sample_json.rstrip()
-    if DJ_STATS_FIELD not in sample_json and body.endswith("}"):
-        head = body[:-1].rstrip()
-        separator = "" if head.endswith("{") else ", "
-        return f'{head}{separator}"{DJ_STATS_FIELD}": {similarity}}}'
-    record = json.loads(sample_json)
-    stats = record.get(DJ_STATS_FIELD)
-    record[DJ_STATS_FIELD] = {**(stats if isinstance(stats, dict) else {}), **json.loads(similarity)}
-    return json.dumps(record, ensure_ascii=False)
+    similarity = f"[{', '.join(repr(float(score)) for score in scores)}]"
+
+    def stats(written: str | None) -> str:
+        return set_members(written or "{}", {SIMILARITY_STAT: lambda _: similarity})
+
+    def relative_images(written: str | None) -> str:
+        original = json.loads(written or "[]")
+        if written is not None and all(os.path.isabs(path) for path in original):
+            return written
+        return json.dumps([old if os.path.isabs(old) else new for old, new in zip(original, images or ())],
+                          ensure_ascii=False)
+
+    members = {"images": relative_images} if images is not None else {}
+    return one_physical_line(set_members(sample_json.rstrip(), {**members, DJ_STATS_FIELD: stats}))
 
 
-def filtered_row(row: StatsRow) -> FilteredRow:
-    """A kept sample as the filtered dataset holds it."""
+def filtered_row(row: StatsRow, output_dir: Path) -> FilteredRow:
+    """A kept sample as the filtered dataset holds it, its line ready for a file in `output_dir`."""
+    images = [os.path.relpath(path, output_dir) for path in row.images]
     return FilteredRow(
         sample_id=row.sample_id, manifest=row.manifest, line_number=row.line_number,
         image_pair_similarity=row.image_pair_similarity,
-        sample_json=dj_record(row.sample_json, row.image_pair_similarity),
+        sample_json=dj_record(row.sample_json, row.image_pair_similarity, images),
     )
 
 
 class StagedFile:
     """Content written to a temp file beside `path`, invisible under `path` until `publish()`."""
 
-    def __init__(self, path: Path, temp_path: Path, binary: bool = False) -> None:
+    def __init__(self, path: Path) -> None:
         self.path = path
-        self.temp_path = temp_path
+        self.temp_path = path.parent / f".{path.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}" \
+                                       f"{TEMP_SUFFIX}"
         self.lines_written = 0
-        self._handle: IO[Any] = (
-            open(temp_path, "wb") if binary else open(temp_path, "w", encoding="utf-8", newline="\n")
-        )
+        self.digest = hashlib.sha256()
+        fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
+        self._handle: IO[Any] = os.fdopen(fd, "wb")
 
-    @property
-    def handle(self) -> IO[Any]:
-        return self._handle
+    def write(self, data: bytes) -> None:
+        self.digest.update(data)
+        self._handle.write(data)
 
     def write_line(self, line: str) -> None:
-        self._handle.write(line + "\n")
+        self.write(f"{line}\n".encode())
         self.lines_written += 1
 
     def write_lines(self, lines: Sequence[str]) -> None:
-        for line in lines:
-            self.write_line(line)
+        if lines:
+            self.write("".join(f"{line}\n" for line in lines).encode("utf-8"))
+            self.lines_written += len(lines)
+
+    def finish(self) -> str:
+        """Flush and fsync the temp file; returns the SHA-256 of its content."""
+        if not self._handle.closed:
+            self._handle.flush()
+            os.fsync(self._handle.fileno())
+            self._handle.close()
+        return self.digest.hexdigest()
 
     def publish(self) -> None:
-        """fsync, then rename the temp file over `path`: readers see the old file or the new one, never half."""
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
-        self._handle.close()
+        """Rename the finished temp file over `path`: readers see the old file or the new one, never half."""
+        self.finish()
         os.replace(self.temp_path, self.path)
+        sync_folder(self.path.parent)
 
     def discard(self) -> None:
         self._handle.close()
@@ -77,14 +104,13 @@ class StagedFile:
 
 
 @contextmanager
-def staged_file(path: Path, *, binary: bool = False) -> Iterator[StagedFile]:
+def staged_file(path: Path) -> Iterator[StagedFile]:
     """A `StagedFile` for `path`; publish inside the block. If the block fails or does not publish, the temp file
     is removed and `path` keeps its previous content."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    staged = StagedFile(path, Path(tmp_name), binary)
+    remove_stale_temps(path.parent, path.name)
+    staged = StagedFile(path)
     try:
         yield staged
     finally:
@@ -92,6 +118,80 @@ def staged_file(path: Path, *, binary: bool = False) -> Iterator[StagedFile]:
 
 
 def write_atomically(path: Path, data: bytes) -> None:
-    with staged_file(path, binary=True) as staged:
-        staged.handle.write(data)
+    with staged_file(path) as staged:
+        staged.write(data)
         staged.publish()
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder, so that a rename in it survives a crash (where the platform allows it)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def remove_stale_temps(folder: Path, name: str = "") -> list[Path]:
+    """Remove the temp files (of `name`, or of any file) in `folder` that processes of this host left when they
+    were killed; a live process's temp file is left alone."""
+    removed = []
+    host = socket.gethostname()
+    for temp in Path(folder).glob(f".{name or '*'}.{host}.*{TEMP_SUFFIX}") if Path(folder).is_dir() else ():
+        pid = temp.name[: -len(TEMP_SUFFIX)].split(".")[-2]
+        if pid.isdigit() and not process_alive(int(pid)):
+            temp.unlink(missing_ok=True)
+            removed.append(temp)
+    return removed
+
+
+def process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def record_pending(conn: duckdb.DuckDBPyConnection, staged: StagedFile) -> None:
+    """Inside the transaction that writes the file's table: the finished temp file is to become `staged.path`."""
+    digest = staged.finish()
+    conn.execute(f"CREATE TABLE IF NOT EXISTS {PENDING_TABLE} (path VARCHAR PRIMARY KEY, temp_path VARCHAR, "
+                 "sha256 VARCHAR)")
+    conn.execute(f"INSERT OR REPLACE INTO {PENDING_TABLE} VALUES (?, ?, ?)", [str(staged.path), str(staged.temp_path),
+                                                                             digest])
+
+
+def publish_recorded(conn: duckdb.DuckDBPyConnection, staged: StagedFile) -> None:
+    """After the commit: rename, then clear the record."""
+    staged.publish()
+    conn.execute(f"DELETE FROM {PENDING_TABLE} WHERE path = ?", [str(staged.path)])
+
+
+def complete_pending(conn: duckdb.DuckDBPyConnection) -> list[str]:
+    """Finish the renames that a killed run committed but did not do; returns the files published."""
+    if not conn.execute("SELECT 1 FROM information_schema.tables WHERE table_name = ?", [PENDING_TABLE]).fetchone():
+        return []
+    done = []
+    for path, temp_path, digest in conn.execute(f"SELECT path, temp_path, sha256 FROM {PENDING_TABLE}").fetchall():
+        if os.path.exists(temp_path) and file_sha256(temp_path) == digest:
+            os.replace(temp_path, path)
+            sync_folder(Path(path).parent)
+            done.append(path)
+        conn.execute(f"DELETE FROM {PENDING_TABLE} WHERE path = ?", [path])
+    return done
+
+
+def file_sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()

@@ -9,6 +9,10 @@ from typing import Any, Callable, ClassVar, NamedTuple, Sequence
 
 from .ingest.pairing import ImagePair
 
+DJ_STATS_FIELD = "__dj__stats__"
+"""Where Data-Juicer keeps a sample's stats; this filter's stat goes in it, as `SIMILARITY_STAT`."""
+SIMILARITY_STAT = "image_pair_similarity"
+
 
 class Status(str, Enum):
     """Every ingested sample gets exactly one status; a sample's checks run in this order and it gets the status
@@ -18,6 +22,7 @@ class Status(str, Enum):
     MALFORMED_LINE = "malformed_line"
     INVALID_IMAGES = "invalid_images"
     NOT_A_PAIR = "not_a_pair"
+    TOO_MANY_PAIRS = "too_many_pairs"
     URL_NOT_ALLOWED = "url_not_allowed"
     PATH_NOT_ALLOWED = "path_not_allowed"
     MISSING_IMAGE = "missing_image"
@@ -30,16 +35,19 @@ class Status(str, Enum):
 
 STATUS_DESCRIPTIONS = {
     Status.OK: "scored: every image was read and embedded, one score per image pair",
-    Status.MALFORMED_LINE: "the manifest line is empty, not UTF-8, not valid JSON, or not a JSON object",
+    Status.MALFORMED_LINE: "the manifest line is empty, not UTF-8, not valid JSON, not a JSON object, longer than "
+    "`max_line_bytes`, or its `__dj__stats__` is not an object",
     Status.INVALID_IMAGES: "the sample has no `images` field, or it is not a list of non-empty path strings",
     Status.NOT_A_PAIR: "the images do not form pairs under the `pairing` rule (default: exactly two), "
     "or one path appears twice",
+    Status.TOO_MANY_PAIRS: "the pairing rule makes more image pairs of the sample than `max_pairs_per_sample`",
     Status.URL_NOT_ALLOWED: "an image is a URL (http://, s3://, data:, ...); the pipeline never fetches images",
     Status.PATH_NOT_ALLOWED: "an image path lies outside the allowed image roots (default: the data folder)",
     Status.MISSING_IMAGE: "an image file does not exist",
-    Status.IMAGE_TOO_LARGE: "an image has more pixels than `max_image_pixels` (decompression-bomb guard)",
+    Status.IMAGE_TOO_LARGE: "an image file is larger than `max_image_bytes`, has more pixels than `max_image_pixels` "
+    "(decompression-bomb guard), or is more elongated than `max_image_aspect_ratio`",
     Status.UNREADABLE_IMAGE: "an image file exists but cannot be read or decoded as an image (empty, truncated, "
-    "not an image, a folder, ...)",
+    "not an image, not a regular file, changed while the run read it, ...)",
 }
 
 

@@ -18,7 +18,7 @@ from .embedding.cache import Cache, MemoryCache
 from .embedding.engine import EmbeddingEngine
 from .embedding.local import DEFAULT_CHUNK_SAMPLES, DEFAULT_DECODE_WORKERS, LocalEngine
 from .embedding.model import ClipEmbedder
-from .images import DEFAULT_MAX_IMAGE_PIXELS, ImageFile, inspect_image_file
+from .images import ImageAccess, ImageFile, inspect_image_file
 from .schema import Sample, StatsRow, Status
 
 if TYPE_CHECKING:
@@ -59,12 +59,12 @@ class PairScorer:
         cache: Cache | None = None,
         *,
         workers: int = DEFAULT_DECODE_WORKERS,
-        max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+        access: ImageAccess = ImageAccess(),
         on_progress: "ProgressCallback | None" = None,
     ) -> None:
         self.engine = engine
         self.cache = cache if cache is not None else MemoryCache()
-        self.max_image_pixels = max_image_pixels
+        self.access = access
         self.on_progress = on_progress
         self.report = ScoringReport()
         self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pairfilter-hash")
@@ -106,7 +106,7 @@ class PairScorer:
         """Embed (content hash, path) items through the engine, storing each batch in the cache as it arrives."""
         embeddings: dict[str, np.ndarray] = {}
         errors: dict[str, str] = {}
-        for batch in self.engine.embed(todo):
+        for batch in self.engine.embed(todo, self.access):
             self.cache.put_many(batch.embeddings)  # committed per batch: a killed run keeps what it embedded
             embeddings.update(batch.embeddings)
             errors.update(batch.errors)
@@ -117,7 +117,7 @@ class PairScorer:
         return embeddings, errors
 
     def _inspect(self, path: str) -> ImageFile:
-        return inspect_image_file(path, self.max_image_pixels)
+        return inspect_image_file(path, self.access)
 
     def _tick(self, refs_done: float) -> None:
         self.report.seconds = time.perf_counter() - self._started
@@ -133,7 +133,7 @@ def score_samples(
     cache: Cache | None = None,
     chunk_size: int = DEFAULT_CHUNK_SAMPLES,
     workers: int = DEFAULT_DECODE_WORKERS,
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    access: ImageAccess = ImageAccess(),
     engine: EmbeddingEngine | None = None,
 ) -> tuple[list[StatsRow], ScoringReport]:
     """Score samples held in memory (a notebook, a small dataset) with `engine`, by default a `LocalEngine` over
@@ -141,7 +141,7 @@ def score_samples(
     with ExitStack() as stack:
         if engine is None:
             engine = stack.enter_context(LocalEngine(embedder, batch_size=batch_size, workers=workers))
-        scorer = stack.enter_context(PairScorer(engine, cache, workers=workers, max_image_pixels=max_image_pixels))
+        scorer = stack.enter_context(PairScorer(engine, cache, workers=workers, access=access))
         rows = [row for chunk in chunked(samples, chunk_size) for row in scorer.score_chunk(chunk)]
     return rows, scorer.report
 

@@ -11,19 +11,18 @@ from typing import Iterable, Sequence
 
 import duckdb
 
-from . import store
+from . import publish, store
 from .embedding.cache import EmbeddingCache
 from .embedding.engine import EmbeddingEngine
 from .embedding.model import ClipEmbedder
 from .filtering import FilterSettings, keep_row
-from .images import DEFAULT_MAX_IMAGE_PIXELS
-from .ingest.manifests import manifest_names
+from .images import ImageAccess
+from .ingest.manifests import ShardListing
 from .progress import ProgressCallback
-from .publish import filtered_row, staged_file
 from .schema import FilteredRow, Sample, StatsRow, Status, column_names
 from .scoring import PairScorer, ScoringReport, chunked
 
-FILTER_READS = [*column_names(FilteredRow), "status"]
+FILTER_READS = [*column_names(FilteredRow), "status", "images"]
 """What filtering needs of a stats row: the keep decision and the filtered row."""
 TABLE_CHUNK_SIZE = 10_000
 """Rows per chunk where no model runs (ingesting, filtering): large enough to amortise each insert."""
@@ -50,7 +49,7 @@ def score(
     engine: EmbeddingEngine,
     *,
     workers: int,
-    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    access: ImageAccess = ImageAccess(),
     on_progress: ProgressCallback | None = None,
     shards: Sequence[str] | None = None,
 ) -> ScoringReport:
@@ -58,7 +57,7 @@ def score(
     persistent embedding cache; only those shards' rows are replaced."""
     cache = EmbeddingCache(conn.cursor(), embedder.model_key)
     chunks = store.read_rows(conn.cursor(), Sample, shards, chunk_size=engine.chunk_samples)
-    with PairScorer(engine, cache, workers=workers, max_image_pixels=max_image_pixels, on_progress=on_progress) \
+    with PairScorer(engine, cache, workers=workers, access=access, on_progress=on_progress) \
             as scorer, store.table_writer(conn, StatsRow, shards) as table:
         for samples in chunks:
             table.write(scorer.score_chunk(samples))
@@ -83,29 +82,32 @@ def filter_and_publish(
     chunk_size: int = TABLE_CHUNK_SIZE,
 ) -> FilterCounts:
     """Keep the samples of `image_pair_stats` that pass `settings`: the `filtered_samples` table and the JSONL
-    file, both replaced whole."""
+    file, both replaced whole. The file is renamed into place after the table commits; the commit records that
+    rename, so that a kill between the two is completed by the next connection (`publish.complete_pending`)."""
     counts = FilterCounts()
-    with store.table_writer(conn, FilteredRow) as table, staged_file(jsonl_path) as jsonl:
-        for rows in store.read_rows(conn.cursor(), StatsRow, chunk_size=chunk_size, only=FILTER_READS):
-            kept = [filtered_row(row) for row in rows if keep_row(row, settings)]
-            table.write(kept)
-            jsonl.write_lines([row.sample_json for row in kept])
-            counts.total += len(rows)
-            counts.scored += sum(row.status is Status.OK for row in rows)
-            counts.kept += len(kept)
-        jsonl.publish()  # last, before the table commits: a failure before this line leaves both as they were
+    publish.complete_pending(conn)
+    with publish.staged_file(jsonl_path) as jsonl:
+        with store.table_writer(conn, FilteredRow) as table:
+            for rows in store.read_rows(conn.cursor(), StatsRow, chunk_size=chunk_size, only=FILTER_READS):
+                kept = [publish.filtered_row(row, jsonl_path.parent) for row in rows if keep_row(row, settings)]
+                table.write(kept)
+                jsonl.write_lines([row.sample_json for row in kept])
+                counts.total += len(rows)
+                counts.scored += sum(row.status is Status.OK for row in rows)
+                counts.kept += len(kept)
+            publish.record_pending(conn, jsonl)
+        publish.publish_recorded(conn, jsonl)
     return counts
 
 
-def prune_removed_manifests(conn: duckdb.DuckDBPyConnection, raw_dir: Path) -> list[str]:
-    """Delete from `raw_samples` and `image_pair_stats` the rows of shards whose manifest file is gone from
-    `raw_dir`: the whole dataset is built from the manifests that exist. Creates both tables, empty, where no
-    shard has been materialized yet. Returns the shards removed."""
+def prune_removed_manifests(conn: duckdb.DuckDBPyConnection, listing: ShardListing) -> list[str]:
+    """Delete from `raw_samples` and `image_pair_stats` the rows of shards whose manifest is really gone (not
+    listed, and not under a folder that could not be read): the whole dataset is built from the manifests that
+    exist. Creates both tables, empty, where no shard has been materialized yet. Returns the shards removed."""
     for row_type in (Sample, StatsRow):
         store.ensure_table(conn, row_type)
-    on_disk = set(manifest_names(raw_dir))
     stored = set(store.stored_shards(conn, Sample.TABLE)) | set(store.stored_shards(conn, StatsRow.TABLE))
-    removed = sorted(stored - on_disk)
+    removed = sorted(shard for shard in stored if not listing.may_hold(shard))
     if removed:
         store.delete_shards(conn, [Sample, StatsRow], removed)
     return removed

@@ -9,8 +9,8 @@ import dagster as dg
 
 from ..core import queries, stages, store
 from ..core.filtering import FilterSettings
-from ..core.ingest.manifests import count_lines, manifests_by_shard
-from ..core.ingest.samples import read_samples
+from ..core.ingest.manifests import count_lines, unreadable_message
+from ..core.ingest.samples import read_shards
 from ..core.progress import progress_logger
 from ..core.report.summary import markdown_table
 from ..core.schema import FilteredRow, Sample, StatsRow
@@ -59,6 +59,7 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
     filter_op = spec.name("filtered_samples")
 
     def check_run_config(context: dg.AssetExecutionContext) -> None:
+        spec.storage_of(context).check_data_dir()
         preflight(context.run.run_config, filter_op=filter_op, filter_config=filter_config, clip_key=spec.clip_key)
 
     @dg.asset(
@@ -77,22 +78,28 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
         check_run_config(context)
         rules = storage.sample_rules()  # refuses image_roots that are not folders, before any work
         shards = run_shards(context, spec)
-        found = manifests_by_shard(storage.raw_dir)
-        for missing in sorted(shard for shard in shards if shard not in found):
+        split = storage.list_shards(rules).split(shards)
+        if split.unreadable and not (split.readable or split.gone):
+            raise dg.Failure(unreadable_message(split.unreadable))
+        for shard, problem in split.unreadable.items():
+            context.log.error(f"{unreadable_message({shard: problem})}: its previous rows are kept")
+        for missing in split.gone:
             context.log.warning(f"Shard {missing!r}: no manifest {storage.raw_dir / missing}; its rows are removed")
+        replaced = [*split.readable, *split.gone]
         with storage.connect() as conn:
-            counts = stages.ingest(conn, read_samples(storage.raw_dir, rules, shards=shards), shards=shards)
+            counts = stages.ingest(conn, read_shards(split.readable, rules), shards=replaced)
             preview = queries.preview(conn, shards, PREVIEW_ROWS)
             data_version = table_data_version(conn, Sample.TABLE, ["sample_id", "sample_json"], shards=shards)
         total = sum(counts.values())
-        context.log.info(f"Read {total} samples from {len(set(shards) & set(found))} manifests under {storage.raw_dir}")
+        context.log.info(f"Read {total} samples from {len(split.readable)} manifests under {storage.raw_dir}")
         return dg.MaterializeResult(
             data_version=data_version,
             metadata={
                 "dagster/row_count": total,
                 "dagster/column_schema": column_schema(Sample),
                 **shards_metadata(shards),
-                "manifest_lines": sum(count_lines(found[shard]) for shard in shards if shard in found),
+                "manifest_lines": sum(count_lines(path) for path in split.readable.values()),
+                "unreadable_shards": dg.MetadataValue.json(split.unreadable),
                 "pairing": rules.pairing,
                 "image_roots": dg.MetadataValue.json(list(rules.image_roots)),
                 **status_count_metadata(counts),
@@ -124,7 +131,8 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
         with storage.connect() as conn, clip.open_engine() as engine:
             progress = progress_logger(context.log.info, queries.image_refs_to_score(conn, shards))
             report = stages.score(conn, clip.embedder, engine, workers=clip.decode_workers,
-                                  max_image_pixels=storage.max_image_pixels, on_progress=progress, shards=shards)
+                                  access=storage.image_access(), on_progress=progress,
+                                  shards=shards)
             distinct_images = queries.distinct_images(conn, shards)
             similarity = similarity_metadata(conn, spec.thresholds, shards)
         return dg.MaterializeResult(
@@ -166,8 +174,12 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
     def filtered_samples(context: dg.AssetExecutionContext, config: filter_config) -> dg.MaterializeResult:  # type: ignore[valid-type]
         storage = spec.storage_of(context)
         settings: FilterSettings = config.to_settings()  # type: ignore[attr-defined]
+        check_run_config(context)
+        listing = storage.list_shards()
+        for name, problem in listing.problems.items():
+            context.log.error(f"{name}: {problem}: the dataset keeps its last good rows (check every_manifest_readable)")
         with storage.connect() as conn:
-            removed = stages.prune_removed_manifests(conn, storage.raw_dir)
+            removed = stages.prune_removed_manifests(conn, listing)
             if removed:
                 context.log.info(f"Removed the rows of {len(removed)} shards whose manifest is gone: {removed}")
             counts = stages.filter_and_publish(conn, settings, storage.filtered_jsonl)

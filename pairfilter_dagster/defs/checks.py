@@ -10,9 +10,8 @@ import dagster as dg
 
 from ..core import queries
 from ..core.filtering import keep_sample
-from ..core.ingest.manifests import count_lines, manifests_by_shard
-from ..core.publish import DJ_STATS_FIELD, SIMILARITY_STAT
-from ..core.schema import Status
+from ..core.ingest.manifests import count_lines
+from ..core.schema import DJ_STATS_FIELD, SIMILARITY_STAT, Status
 from .config import recorded_filter_settings
 from .metadata import status_count_metadata
 from .spec import PipelineSpec
@@ -106,11 +105,13 @@ def build_checks(spec: PipelineSpec, image_pair_stats: dg.AssetsDefinition,
     )
     def every_sample_accounted_for(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         storage = spec.storage_of(context)
+        listing = storage.list_shards()
         # Lines counted from the manifest bytes, independently of parsing.
-        lines = {shard: count_lines(path) for shard, path in manifests_by_shard(storage.raw_dir).items()}
+        lines = {shard: count_lines(path) for shard, path in listing.readable.items()}
         with storage.connect(read_only=True) as conn:
             counts = queries.accounting(conn)
-        per_shard = counts.ingested_per_shard
+        unreadable = listing.split(list(counts.ingested_per_shard)).unreadable  # every_manifest_readable's part
+        per_shard = {shard: n for shard, n in counts.ingested_per_shard.items() if shard not in unreadable}
         ingested = sum(per_shard.values())
         ok = counts.statuses.get(Status.OK.value, 0)
         rejected = sum(counts.statuses.values()) - ok
@@ -140,4 +141,21 @@ def build_checks(spec: PipelineSpec, image_pair_stats: dg.AssetsDefinition,
             },
         )
 
-    return [scores_finite_and_in_range, one_row_per_sample, kept_samples_satisfy_config, every_sample_accounted_for]
+    @dg.asset_check(
+        asset=filtered_samples,
+        blocking=False,
+        required_resource_keys={spec.storage_key},
+        description="Every manifest and folder under raw/ can be read. One that cannot (no permission, not a "
+        "regular file, a dangling or escaping symlink, a name that is not UTF-8) is named here; its shard keeps "
+        "its last good rows in the dataset. Not blocking: the report still describes the dataset as built.",
+    )
+    def every_manifest_readable(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        problems = spec.storage_of(context).list_shards().problems
+        return dg.AssetCheckResult(
+            passed=not problems,
+            description="; ".join(f"{name}: {why}" for name, why in problems.items())[:2000] or None,
+            metadata={"unreadable": dg.MetadataValue.json(problems)},
+        )
+
+    return [scores_finite_and_in_range, one_row_per_sample, kept_samples_satisfy_config, every_sample_accounted_for,
+            every_manifest_readable]

@@ -5,12 +5,11 @@ exactly that shard's rows. Partitions are dynamic: the new-data sensor and `pair
 new manifest and delete the partition of a manifest that is gone. Both partitioned assets use a single-run backfill
 policy: a backfill over many shards is one run whose scoring step loads the model once."""
 
-from pathlib import Path
 from typing import Sequence
 
 import dagster as dg
 
-from ..core.ingest.manifests import manifest_names
+from ..core.ingest.manifests import ShardListing
 
 DUCKDB_POOL = "pairfilter_duckdb"
 """The concurrency pool of every step that writes the DuckDB file: DuckDB has one writer at a time, and dagster.yaml
@@ -29,18 +28,20 @@ def registered_shards(instance: dg.DagsterInstance, partitions: dg.DynamicPartit
 
 
 def shard_partition_changes(
-    instance: dg.DagsterInstance, partitions: dg.DynamicPartitionsDefinition, raw_dir: Path
+    instance: dg.DagsterInstance, partitions: dg.DynamicPartitionsDefinition, listing: ShardListing
 ) -> tuple[list[str], list[str]]:
-    """(manifests without a partition, partitions without a manifest)."""
-    on_disk, registered = manifest_names(raw_dir), registered_shards(instance, partitions)
-    return [m for m in on_disk if m not in registered], [p for p in registered if p not in on_disk]
+    """(manifests without a partition, partitions whose manifest is gone). A manifest that cannot be read has a
+    partition too (its runs fail, saying why); one under a folder that cannot be read keeps its partition."""
+    registered = registered_shards(instance, partitions)
+    return ([m for m in listing.names if m not in registered],
+            [p for p in registered if not listing.may_hold(p)])
 
 
 def sync_shard_partitions(
-    instance: dg.DagsterInstance, partitions: dg.DynamicPartitionsDefinition, raw_dir: Path
+    instance: dg.DagsterInstance, partitions: dg.DynamicPartitionsDefinition, listing: ShardListing
 ) -> tuple[list[str], list[str]]:
     """Make the partitions match the manifests on disk; returns (added, deleted)."""
-    added, deleted = shard_partition_changes(instance, partitions, raw_dir)
+    added, deleted = shard_partition_changes(instance, partitions, listing)
     if added:
         instance.add_dynamic_partitions(str(partitions.name), added)
     for key in deleted:
@@ -54,10 +55,10 @@ def all_shards_tags(shards: Sequence[str]) -> dict[str, str]:
 
 
 def every_shard_tags(
-    instance: dg.DagsterInstance, partitions: dg.DynamicPartitionsDefinition, raw_dir: Path
+    instance: dg.DagsterInstance, partitions: dg.DynamicPartitionsDefinition, listing: ShardListing
 ) -> dict[str, str] | None:
     """Make the partitions match the manifests, then the tags of a run over every shard (None when there is no
     shard: then only the unpartitioned assets can run). How `pairfilter-materialize` and the tests run it all."""
-    sync_shard_partitions(instance, partitions, raw_dir)
+    sync_shard_partitions(instance, partitions, listing)
     shards = registered_shards(instance, partitions)
     return all_shards_tags(shards) if shards else None

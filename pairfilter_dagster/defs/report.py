@@ -71,7 +71,8 @@ def build_report_asset(spec: PipelineSpec, image_pair_stats: dg.AssetsDefinition
         storage = spec.storage_of(context)
         with storage.connect(read_only=True) as conn:
             rows = [row for chunk in store.read_rows(conn, StatsRow) for row in chunk]
-        report = write_threshold_report(rows, settings, storage.report_dir)
+        report = write_threshold_report(rows, settings, storage.report_dir,
+                                        access=storage.image_access())
         context.log.info(f"Wrote the threshold report for {settings} to {report.directory}")
         return dg.MaterializeResult(metadata=report_metadata(report, settings))
 

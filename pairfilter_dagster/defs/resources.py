@@ -15,9 +15,17 @@ from ..core.embedding.engine import EmbeddingEngine
 from ..core.embedding.local import DEFAULT_DECODE_WORKERS, LocalEngine
 from ..core.embedding.model import HF_CLIP_ENV_VAR, ClipEmbedder, ModelSpec, default_hf_clip
 from ..core.embedding.ray_engine import INSTALL_HINT, RayEngine, RaySettings, ray_installed
-from ..core.images import DEFAULT_MAX_IMAGE_PIXELS, PIL_HARD_PIXEL_LIMIT
+from ..core.images import (
+    DEFAULT_MAX_ASPECT_RATIO,
+    DEFAULT_MAX_IMAGE_BYTES,
+    DEFAULT_MAX_IMAGE_PIXELS,
+    PIL_HARD_PIXEL_LIMIT,
+    ImageAccess,
+)
+from ..core.ingest.manifests import ShardListing, list_shards
 from ..core.ingest.pairing import DEFAULT_PAIRING, Pairing
-from ..core.ingest.samples import SampleRules
+from ..core.ingest.samples import DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_PAIRS_PER_SAMPLE, SampleRules
+from ..core.publish import complete_pending, remove_stale_temps
 
 DATA_DIR_ENV_VAR = "PAIRFILTER_DATA_DIR"
 REPO_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
@@ -145,6 +153,22 @@ class PairfilterStorage(dg.ConfigurableResource):
         description="Images with more pixels get status image_too_large instead of being decoded "
         "(decompression-bomb guard; default: PIL's limit).",
     )
+    max_image_bytes: int = Field(
+        default=DEFAULT_MAX_IMAGE_BYTES, ge=1, description="Image files larger than this get status image_too_large "
+        "without being read."
+    )
+    max_image_aspect_ratio: float = Field(
+        default=DEFAULT_MAX_ASPECT_RATIO, ge=1, description="Images more elongated than this (long side / short "
+        "side) get status image_too_large: the model's resize would blow them up to gigabytes."
+    )
+    max_pairs_per_sample: int = Field(
+        default=DEFAULT_MAX_PAIRS_PER_SAMPLE, ge=1, description="Samples whose pairing makes more image pairs get "
+        "status too_many_pairs."
+    )
+    max_line_bytes: int = Field(
+        default=DEFAULT_MAX_LINE_BYTES, ge=2, description="Manifest lines longer than this get status "
+        "malformed_line without being read into memory."
+    )
     lock_wait_seconds: float = Field(
         default=store.LOCK_WAIT_SECONDS,
         ge=0,
@@ -176,13 +200,35 @@ class PairfilterStorage(dg.ConfigurableResource):
     def report_dir(self) -> Path:
         return self.root / "output" / "report"
 
+    def check_data_dir(self) -> None:
+        """Refuse a data folder that does not exist (a typo would otherwise make an empty dataset and succeed)."""
+        if not self.root.is_dir():
+            what = "is not a folder" if self.root.exists() else "does not exist"
+            raise ValueError(f"data_dir: {self.data_dir!r} {what} (resolved to {self.root}); set storage.data_dir or "
+                             f"{DATA_DIR_ENV_VAR} to a folder holding raw/")
+
     def sample_rules(self) -> SampleRules:
         """Raises ValueError naming `image_roots` when a root is not an existing folder."""
-        return SampleRules.for_data_dir(self.root, self.image_roots, self.pairing)
+        return SampleRules.for_data_dir(self.root, self.image_roots, self.pairing,
+                                        max_pairs_per_sample=self.max_pairs_per_sample,
+                                        max_line_bytes=self.max_line_bytes)
+
+    def image_access(self) -> ImageAccess:
+        roots = self.sample_rules().image_roots
+        return ImageAccess(roots, self.max_image_bytes, self.max_image_pixels, self.max_image_aspect_ratio)
+
+    def list_shards(self, rules: SampleRules | None = None) -> ShardListing:
+        return list_shards(self.raw_dir, (rules or self.sample_rules()).manifest_roots)
 
     @contextmanager
     def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+        """A connection to the store; one that may write first completes what a killed run left half done."""
         on_wait = self._log.warning if self._log else None
         with store.connect(self.database, read_only=read_only, wait_seconds=self.lock_wait_seconds,
                            on_wait=on_wait) as conn:
+            if not read_only:
+                completed = complete_pending(conn)
+                remove_stale_temps(self.filtered_jsonl.parent)
+                if completed and self._log:
+                    self._log.info(f"Completed the publishing of {completed}, which a killed run had committed")
             yield conn

@@ -66,11 +66,13 @@ def write_cursor(generation: int, manifests: dict[str, str], dataset_pending: bo
 
 
 def shard_run_requests(
-    shard_job: str, shards: list[str], partitions_after: list[str], generation: int, reason: str
+    shard_job: str, shards: list[str], partitions_after: list[str], generation: int, reason: str,
+    one_run_each: bool = False,
 ) -> list[dg.RunRequest]:
-    """One run per shard; or, when every partition needs a run, one run over all of them."""
+    """One run per shard; or, when every partition needs a run, one run over all of them, unless some manifest
+    cannot be read: its own run fails saying why, where a run over all would mark it materialized."""
     tags = {"pairfilter/manifest_changes": reason[:200]}
-    if len(shards) > 1 and set(shards) == set(partitions_after):
+    if len(shards) > 1 and set(shards) == set(partitions_after) and not one_run_each:
         return [dg.RunRequest(job_name=shard_job, run_key=f"all-shards@generation-{generation}",
                               tags={**tags, **all_shards_tags(partitions_after)})]
     return [
@@ -96,19 +98,27 @@ def build_sensor(spec: PipelineSpec, jobs: PipelineJobs) -> dg.SensorDefinition:
         "on.",
     )
     def pairfilter_new_manifests(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
-        raw_dir = spec.storage_of(context).raw_dir
+        storage = spec.storage_of(context)
+        raw_dir = storage.raw_dir
+        try:
+            storage.check_data_dir()
+            listing = storage.list_shards()
+        except ValueError as exc:
+            return dg.SkipReason(str(exc))
         state = read_cursor(context.cursor)
         generation = state["generation"]
         unfinished = unfinished_pipeline_runs(context.instance, job_names, assets)
         if unfinished:
             return dg.SkipReason(f"waiting for run {unfinished[0]} to finish")
-        busy = still_being_written(raw_dir, SETTLE_SECONDS)
+        busy = still_being_written(listing, SETTLE_SECONDS)
         if busy:
             return dg.SkipReason(f"waiting for {', '.join(busy)} to stop changing")
 
-        current = fingerprint_manifests(raw_dir)
+        for name, problem in listing.problems.items():
+            context.log.warning(f"{name}: {problem}")
+        current = fingerprint_manifests(listing, state["manifests"])
         changes = compare(state["manifests"], current)
-        to_add, to_delete = shard_partition_changes(context.instance, partitions, raw_dir)
+        to_add, to_delete = shard_partition_changes(context.instance, partitions, listing)
         partition_requests = [
             *([partitions.build_add_request(to_add)] if to_add else []),
             *([partitions.build_delete_request(to_delete)] if to_delete else []),
@@ -124,7 +134,7 @@ def build_sensor(spec: PipelineSpec, jobs: PipelineJobs) -> dg.SensorDefinition:
             partitions_after = [p for p in registered_shards(context.instance, partitions) if p not in to_delete]
             return dg.SensorResult(
                 run_requests=shard_run_requests(jobs.shard_job.name, shards, partitions_after + to_add, generation,
-                                                reason),
+                                                reason, one_run_each=bool(listing.problems)),
                 dynamic_partitions_requests=partition_requests,  # type: ignore[arg-type]
                 cursor=write_cursor(generation, current, dataset_pending=True),
             )

@@ -5,7 +5,7 @@ from typing import Any, Callable, Iterator, Protocol
 
 import numpy as np
 
-from ..images import ImageDecodeError, decode_rgb
+from ..images import ImageAccess, ImageDecodeError, ImageRefused, decode_rgb, read_verified
 
 
 @dataclass
@@ -22,8 +22,9 @@ class EmbeddingEngine(Protocol):
     chunk_samples: int
     """Samples per scoring chunk that suit this engine (each chunk is one call of `embed`)."""
 
-    def embed(self, todo: list[tuple[str, str]]) -> Iterator[EmbeddedBatch]:
-        """Embed (content hash, path) items, each exactly once (as an embedding or an error), in batches."""
+    def embed(self, todo: list[tuple[str, str]], access: ImageAccess) -> Iterator[EmbeddedBatch]:
+        """Embed (content hash, path) items, each exactly once (as an embedding or an error), in batches; files
+        are read under `access` and must still hold the hashed content."""
         ...
 
     def __enter__(self) -> "EmbeddingEngine": ...
@@ -31,10 +32,14 @@ class EmbeddingEngine(Protocol):
     def __exit__(self, *exc: Any) -> None: ...
 
 
-def prepare_pixels(preprocess: Callable[[Any], np.ndarray], path: str) -> np.ndarray | str:
+def prepare_pixels(
+    preprocess: Callable[[Any], np.ndarray], path: str, content_hash: str, access: ImageAccess
+) -> np.ndarray | str:
     """One image file's pixel values, or why it cannot be used: every engine gives the same reason."""
     try:
-        return preprocess(decode_rgb(path))
+        return preprocess(decode_rgb(path, read_verified(path, content_hash, access)))
+    except ImageRefused as exc:
+        return exc.reason
     except ImageDecodeError as exc:
         return str(exc)
     except Exception as exc:  # the processor can refuse odd images (e.g. 1x1 pixels)

@@ -8,6 +8,7 @@ from typing import Any, Iterator
 
 import numpy as np
 
+from ..images import ImageAccess
 from .engine import EmbeddedBatch, prepare_pixels
 from .model import ClipEmbedder
 
@@ -33,11 +34,11 @@ class LocalEngine:
     def __exit__(self, *exc: Any) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
-    def embed(self, todo: list[tuple[str, str]]) -> Iterator[EmbeddedBatch]:
+    def embed(self, todo: list[tuple[str, str]], access: ImageAccess) -> Iterator[EmbeddedBatch]:
         batch = EmbeddedBatch()
         hashes: list[str] = []
         pixels: list[np.ndarray] = []
-        for content_hash, prepared in self._prepared(todo):
+        for content_hash, prepared in self._prepared(todo, access):
             if isinstance(prepared, str):
                 batch.errors[content_hash] = prepared
                 continue
@@ -56,14 +57,14 @@ class LocalEngine:
             batch.forward_passes = self.embedder.forward_passes - passes_before
         return batch
 
-    def _prepared(self, todo: list[tuple[str, str]]) -> Iterator[tuple[str, np.ndarray | str]]:
+    def _prepared(self, todo: list[tuple[str, str]], access: ImageAccess) -> Iterator[tuple[str, np.ndarray | str]]:
         """Decoded, preprocessed pixels (or a decode error) in input order, at most two batches ahead."""
         items = iter(todo)
-        submit = lambda path: self._pool.submit(prepare_pixels, self.embedder.preprocess, path)  # noqa: E731
-        pending = deque((h, submit(path)) for h, path in itertools.islice(items, 2 * self.batch_size))
+        submit = lambda item: self._pool.submit(prepare_pixels, self.embedder.preprocess, item[1], item[0], access)  # noqa: E731
+        pending = deque((item[0], submit(item)) for item in itertools.islice(items, 2 * self.batch_size))
         while pending:
             content_hash, future = pending.popleft()
             following = next(items, None)
             if following is not None:
-                pending.append((following[0], submit(following[1])))
+                pending.append((following[0], submit(following)))
             yield content_hash, future.result()

@@ -23,6 +23,7 @@ from typing import Any, Callable, Iterator
 
 import numpy as np
 
+from ..images import ImageAccess
 from .engine import EmbeddedBatch, prepare_pixels
 from .model import ClipEmbedder, ModelSpec, load_image_processor, pixel_values
 
@@ -90,12 +91,12 @@ def _pixel_shape(spec: ModelSpec) -> tuple[int, ...]:
     return _preprocess(Image.new("RGB", (64, 64)), spec).shape
 
 
-def preprocess_batch(batch: dict[str, np.ndarray], spec: ModelSpec) -> dict[str, np.ndarray]:
+def preprocess_batch(batch: dict[str, np.ndarray], spec: ModelSpec, access: ImageAccess) -> dict[str, np.ndarray]:
     """Ray Data stage 1 (tasks): decode and preprocess. A bad image becomes an error row, never an exception
     that would fail the dataset; its pixel values are zeros."""
     pixels, errors = [], []
-    for path in batch["path"]:
-        prepared = prepare_pixels(functools.partial(_preprocess, spec=spec), str(path))
+    for path, content_hash in zip(batch["path"], batch["content_hash"]):
+        prepared = prepare_pixels(functools.partial(_preprocess, spec=spec), str(path), str(content_hash), access)
         if isinstance(prepared, str):
             errors.append(prepared)
             prepared = np.zeros(_pixel_shape(spec), dtype=np.float32)
@@ -195,14 +196,14 @@ class RayEngine:
             self._session.close()
             self._session = None
 
-    def embed(self, todo: list[tuple[str, str]]) -> Iterator[EmbeddedBatch]:
+    def embed(self, todo: list[tuple[str, str]], access: ImageAccess) -> Iterator[EmbeddedBatch]:
         if not todo:
             return
         import ray.data
 
         dataset: Any = ray.data.from_items([{"content_hash": h, "path": path} for h, path in todo])
         dataset = dataset.map_batches(
-            preprocess_batch, fn_kwargs={"spec": self.actor_spec}, batch_size=self.preprocess_batch_size,
+            preprocess_batch, fn_kwargs={"spec": self.actor_spec, "access": access}, batch_size=self.preprocess_batch_size,
             batch_format="numpy", num_cpus=1,
             # A memory request of its own also keeps Ray Data from fusing this stage into the actors (it fuses maps
             # whose resource requests are equal): decoding then overlaps with embedding, on the CPUs the actors leave.

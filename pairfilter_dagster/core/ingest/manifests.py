@@ -1,46 +1,198 @@
-"""The manifests under <data>/raw/: each is a shard, named by its path relative to raw/; and what changed among
-them since last time (the state the new-data sensor keeps).
+"""The manifests under <data>/raw/: each is a shard, named by its path relative to raw/; what cannot be read there;
+and what changed among them since last time (the state the new-data sensor keeps).
+
+Listing never loses a shard without a word: a manifest that cannot be read (not a regular file, a dangling or
+escaping symlink, no permission, a name that is not UTF-8) is still listed, with its problem, and a folder that
+cannot be read is named, so its shards are never taken for removed. Symlinked folders and manifests are followed
+while their real path stays inside the allowed roots (the data folder and the image roots).
 
 A manifest's fingerprint is the SHA-256 of its bytes, so touching a file without changing it is no change, and a
 rewrite that keeps size and timestamp still is one."""
 
 import hashlib
+import os
+import stat
 import time
-from dataclasses import dataclass
+from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import BinaryIO, Iterator, Sequence
 
-MANIFEST_GLOB = "*.jsonl"
+from ..images import file_kind, is_within
+
+MANIFEST_SUFFIX = ".jsonl"
+RAW_FOLDER = "."
+"""How the listing names raw/ itself among the folders it could not read."""
 
 
-def find_manifests(raw_dir: Path) -> list[Path]:
-    """Every `*.jsonl` under `raw_dir` (subfolders included), sorted by path relative to `raw_dir`."""
+@dataclass(frozen=True)
+class ShardFile:
+    name: str
+    """The path relative to raw/, in POSIX form: the shard name, partition key and `manifest` column (bytes that
+    are not UTF-8 written as \\xNN)."""
+    path: Path
+    problem: str = ""
+    """Why the manifest cannot be read; empty when it can."""
+
+
+@dataclass
+class ShardListing:
+    raw_dir: Path
+    files: dict[str, ShardFile] = field(default_factory=dict)
+    unreadable_folders: dict[str, str] = field(default_factory=dict)
+    """{folder relative to raw/ (`.` for raw/ itself): why its contents cannot be listed}."""
+
+    @property
+    def names(self) -> list[str]:
+        return sorted(self.files)
+
+    @property
+    def readable(self) -> dict[str, Path]:
+        return {name: f.path for name, f in sorted(self.files.items()) if not f.problem}
+
+    @property
+    def problems(self) -> dict[str, str]:
+        """{manifest or folder under raw/: why it cannot be read}: nothing in it is in this run's results."""
+        found = {f"raw/{name}": f.problem for name, f in self.files.items() if f.problem}
+        found.update({folder_label(name): why for name, why in self.unreadable_folders.items()})
+        return dict(sorted(found.items()))
+
+    def split(self, shards: Sequence[str]) -> "ShardSplit":
+        """The shards of a run: those to read, those that cannot be read (with why), those that are gone."""
+        readable, folders = self.readable, self.unreadable_folders
+        why_unlisted = lambda shard: next(  # noqa: E731
+            f"inside {folder_label(folder)}, which cannot be read ({folders[folder]})" for folder in folders
+            if folder == RAW_FOLDER or shard.startswith(f"{folder}/")
+        )
+        return ShardSplit(
+            readable={shard: readable[shard] for shard in shards if shard in readable},
+            unreadable={shard: self.files[shard].problem if shard in self.files else why_unlisted(shard)
+                        for shard in shards if shard not in readable and self.may_hold(shard)},
+            gone=[shard for shard in shards if not self.may_hold(shard)],
+        )
+
+    def may_hold(self, shard: str) -> bool:
+        """Whether `shard` may still exist: listed, or under a folder that could not be read. Only a shard for
+        which this is false is really gone."""
+        return shard in self.files or any(
+            folder == RAW_FOLDER or shard.startswith(f"{folder}/") for folder in self.unreadable_folders
+        )
+
+
+@dataclass(frozen=True)
+class ShardSplit:
+    readable: dict[str, Path]
+    unreadable: dict[str, str]
+    gone: list[str]
+
+
+def folder_label(folder: str) -> str:
+    return "raw/" if folder == RAW_FOLDER else f"raw/{folder}/"
+
+
+def unreadable_message(problems: dict[str, str]) -> str:
+    return "cannot read " + "; ".join(f"raw/{shard}: {problem}" for shard, problem in problems.items())
+
+
+def list_shards(raw_dir: Path, roots: Sequence[str] | None = None) -> ShardListing:
+    """Every `*.jsonl` under `raw_dir` (subfolders and symlinks within `roots` followed), readable or not, and
+    the folders that could not be listed. `roots` are real paths; default: the folder holding raw/."""
     raw_dir = Path(raw_dir)
-    if not raw_dir.is_dir():
-        return []
-    return sorted(raw_dir.rglob(MANIFEST_GLOB), key=lambda p: p.relative_to(raw_dir).as_posix())
+    listing = ShardListing(raw_dir)
+    if os.path.lexists(raw_dir):
+        walk(listing, str(raw_dir), "", tuple(roots or (os.path.realpath(raw_dir.parent),)), frozenset())
+    listing.files = dict(sorted(listing.files.items()))
+    return listing
 
 
-def manifest_name(raw_dir: Path, path: Path) -> str:
-    """A manifest's path relative to raw/, in POSIX form: its shard name, partition key and `manifest` column."""
-    return Path(path).relative_to(raw_dir).as_posix()
+def walk(listing: ShardListing, folder: str, relative: str, roots: tuple[str, ...], ancestors: frozenset[str]) -> None:
+    name = relative or RAW_FOLDER
+    real = os.path.realpath(folder)
+    if not is_within(real, roots):
+        listing.unreadable_folders[name] = f"resolves to {real}, outside the data folder and image_roots: not read"
+        return
+    if real in ancestors:
+        listing.unreadable_folders[name] = "a symlink loop (the folder contains itself): not read again"
+        return
+    try:
+        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+    except OSError as exc:
+        listing.unreadable_folders[name] = f"cannot list the folder: {exc.strerror or exc}"
+        return
+    for entry in entries:
+        child = f"{relative}/{entry.name}" if relative else entry.name
+        if entry.is_symlink() and not os.path.exists(entry.path):
+            problem = f"a symlink to {os.readlink(entry.path)}, which does not exist"
+            if entry.name.endswith(MANIFEST_SUFFIX):
+                add_file(listing, child, entry.path, problem)
+            else:
+                listing.unreadable_folders[printable(child)] = problem
+        elif entry.is_dir():
+            if entry.name.endswith(MANIFEST_SUFFIX):
+                add_file(listing, child, entry.path, f"a folder, not a manifest file (the manifests inside it are "
+                         f"read as {printable(child)}/...)")
+            walk(listing, entry.path, child, roots, ancestors | {real})
+        elif entry.name.endswith(MANIFEST_SUFFIX):
+            add_file(listing, child, entry.path, manifest_problem(entry.path, roots))
 
 
-def manifest_names(raw_dir: Path) -> list[str]:
-    """The shard names of every manifest under `raw_dir`, sorted."""
-    return [manifest_name(raw_dir, path) for path in find_manifests(raw_dir)]
+def add_file(listing: ShardListing, relative: str, path: str, problem: str) -> None:
+    name = printable(relative)
+    if name != relative and not problem:
+        problem = "the file name is not valid UTF-8: rename it"
+    listing.files[name] = ShardFile(name, Path(path), problem)
+
+
+def printable(relative: str) -> str:
+    """A name read from the file system, with any bytes that are not UTF-8 as \\xNN."""
+    return os.fsencode(relative).decode("utf-8", errors="backslashreplace")
+
+
+def manifest_problem(path: str, roots: Sequence[str]) -> str:
+    real = os.path.realpath(path)
+    if not is_within(real, roots):
+        return f"resolves to {real}, outside the data folder and image_roots: not read"
+    try:
+        with open_manifest(Path(path)):
+            return ""
+    except OSError as exc:
+        return str(exc) if isinstance(exc, NotRegularFile) else f"cannot open it: {exc.strerror or exc}"
+
+
+class NotRegularFile(OSError):
+    pass
+
+
+@contextmanager
+def open_manifest(path: Path) -> Iterator[BinaryIO]:
+    """The manifest, opened for reading without ever blocking (a named pipe is refused, not waited on)."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            raise NotRegularFile(f"not a regular file ({file_kind(mode)})")
+        os.set_blocking(fd, True)
+        handle = os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
+    with handle:
+        yield handle
+
+
+def blocks(path: Path) -> Iterator[bytes]:
+    with open_manifest(path) as handle:
+        yield from iter(lambda: handle.read(1 << 20), b"")
 
 
 def count_lines(path: Path) -> int:
     """Lines in a file, counted from its bytes (a last line without a newline counts), independently of
     parsing: the reconciliation check compares it with the number of samples."""
-    data = Path(path).read_bytes()
-    return data.count(b"\n") + (1 if data and not data.endswith(b"\n") else 0)
-
-
-def manifests_by_shard(raw_dir: Path) -> dict[str, Path]:
-    """{shard name: manifest path} of every manifest under `raw_dir`: a shard name (a partition key) is never
-    turned into a path, so a key such as `../x.jsonl` reads nothing."""
-    return {manifest_name(raw_dir, path): path for path in find_manifests(raw_dir)}
+    count, last = 0, b"\n"
+    for block in blocks(path):
+        count += block.count(b"\n")
+        last = block[-1:]
+    return count + (last != b"\n")
 
 
 @dataclass(frozen=True)
@@ -58,16 +210,24 @@ class ManifestChanges:
         return "; ".join(parts) or "no change"
 
 
-def fingerprint_manifests(raw_dir: Path) -> dict[str, str]:
-    """{manifest path relative to raw/: SHA-256 of its bytes}, for every manifest the pipeline would read."""
-    fingerprints = {}
-    for name, path in manifests_by_shard(raw_dir).items():
-        digest = hashlib.sha256()
-        with open(path, "rb") as handle:
-            for block in iter(lambda: handle.read(1 << 20), b""):
-                digest.update(block)
-        fingerprints[name] = digest.hexdigest()
+def fingerprint_manifests(listing: ShardListing, previous: dict[str, str] | None = None) -> dict[str, str]:
+    """{shard: SHA-256 of its bytes} for every listed shard. A shard that cannot be read is fingerprinted by its
+    problem, so that fixing it is a change; one that may still exist under a folder that could not be read keeps
+    its `previous` fingerprint, so it is not taken for removed."""
+    fingerprints = {name: f"problem: {f.problem}" if f.problem else file_digest(f.path) for name, f in listing.files.items()}
+    fingerprints.update({name: fp for name, fp in (previous or {}).items()
+                         if name not in fingerprints and listing.may_hold(name)})
     return fingerprints
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    try:
+        for block in blocks(path):
+            digest.update(block)
+    except OSError as exc:  # gone or changed since it was listed
+        return f"problem: {exc.strerror or exc}"
+    return digest.hexdigest()
 
 
 def compare(previous: dict[str, str], current: dict[str, str]) -> ManifestChanges:
@@ -78,7 +238,14 @@ def compare(previous: dict[str, str], current: dict[str, str]) -> ManifestChange
     )
 
 
-def still_being_written(raw_dir: Path, settle_seconds: float) -> list[str]:
+def still_being_written(listing: ShardListing, settle_seconds: float) -> list[str]:
     """Manifests modified within the last `settle_seconds`: a copy may still be in progress."""
     now = time.time()
-    return [name for name, path in manifests_by_shard(raw_dir).items() if now - path.stat().st_mtime < settle_seconds]
+    busy = []
+    for name, path in listing.readable.items():
+        try:
+            if now - path.stat().st_mtime < settle_seconds:
+                busy.append(name)
+        except OSError:
+            continue
+    return busy

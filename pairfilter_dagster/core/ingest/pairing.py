@@ -30,6 +30,13 @@ def pairing_problem(image_count: int, pairing: str) -> str | None:
     return None
 
 
+def pair_count(image_count: int, pairing: str) -> int:
+    """How many pairs `image_pairs` would build, without building them."""
+    if pairing_problem(image_count, pairing):
+        return 0
+    return image_count * (image_count - 1) // 2 if pairing == "all_pairs" else image_count - 1
+
+
 def image_pairs(image_count: int, pairing: str) -> list[ImagePair]:
     """The index pairs scored for a sample of `image_count` images, in score order (empty when none fit)."""
     if pairing_problem(image_count, pairing):

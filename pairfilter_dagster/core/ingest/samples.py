@@ -9,24 +9,35 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Iterator, Sequence
+from typing import BinaryIO, Iterator, Mapping, Sequence
 
-from ..schema import Sample, Status
-from .manifests import manifests_by_shard
-from .pairing import DEFAULT_PAIRING, check_pairing, image_pairs, pairing_problem
+from ..images import is_within
+from ..schema import DJ_STATS_FIELD, Sample, Status
+from .manifests import list_shards, open_manifest
+from .pairing import DEFAULT_PAIRING, check_pairing, image_pairs, pair_count, pairing_problem
+
+DEFAULT_MAX_LINE_BYTES = 16 * 2**20
+"""A manifest line longer than this is not read into memory (a line that never ends would take it all)."""
+DEFAULT_MAX_PAIRS_PER_SAMPLE = 1024
+"""`all_pairs` over N images makes N(N-1)/2 pairs: 46 images already make 1035."""
 
 
 @dataclass(frozen=True)
 class SampleRules:
-    """How manifest lines become samples: which image pairs are scored, and where images may live."""
+    """How manifest lines become samples: which image pairs are scored, where images (and manifests) may live,
+    how long a line and how many pairs a sample may be."""
 
     image_roots: tuple[str, ...]
     """Folders (real paths, symlinks resolved) every image must lie in."""
     pairing: str = DEFAULT_PAIRING
+    data_root: str = ""
+    """The data folder's real path: manifests may lie in it or in the image roots."""
+    max_pairs_per_sample: int = DEFAULT_MAX_PAIRS_PER_SAMPLE
+    max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
 
     @classmethod
     def for_data_dir(
-        cls, data_dir: Path, image_roots: Sequence[str] = (), pairing: str = DEFAULT_PAIRING
+        cls, data_dir: Path, image_roots: Sequence[str] = (), pairing: str = DEFAULT_PAIRING, **limits: int
     ) -> "SampleRules":
         """Roots are absolute or relative to the data folder; none given means the data folder itself. A root
         that is not an existing folder is refused (most likely a typo), naming the field."""
@@ -37,26 +48,58 @@ class SampleRules:
             if not folder.is_dir():
                 raise ValueError(f"image_roots: {root!r} is not an existing folder (resolved to {folder})")
             roots.append(os.path.realpath(folder))
-        return cls(tuple(roots), check_pairing(pairing))
+        return cls(tuple(roots), check_pairing(pairing), os.path.realpath(data_dir), **limits)
+
+    @property
+    def manifest_roots(self) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(root for root in (self.data_root, *self.image_roots) if root))
 
 
 def read_samples(
     raw_dir: Path, rules: SampleRules | None = None, shards: Sequence[str] | None = None
 ) -> Iterator[Sample]:
-    """All samples of the manifests under `raw_dir` (of the named `shards` only, if given; a shard whose file is
-    gone has no samples), in input order. Default rules: `exactly_two` pairing, images confined to the data
-    folder (the folder holding `raw_dir`)."""
+    """All samples of the readable manifests under `raw_dir` (of the named `shards` only, if given), in input
+    order. Default rules: `exactly_two` pairing, images confined to the data folder (the folder holding
+    `raw_dir`)."""
     raw_dir = Path(raw_dir)
     rules = rules or SampleRules.for_data_dir(raw_dir.parent)
-    for name, manifest_path in manifests_by_shard(raw_dir).items():
-        if shards is None or name in shards:
-            yield from read_manifest(manifest_path, name, rules)
+    found = list_shards(raw_dir, rules.manifest_roots).readable
+    yield from read_shards({name: path for name, path in found.items() if shards is None or name in shards}, rules)
+
+
+def read_shards(manifests: Mapping[str, Path], rules: SampleRules) -> Iterator[Sample]:
+    """The samples of {shard name: manifest path}, shard by shard in name order."""
+    for name in sorted(manifests):
+        yield from read_manifest(manifests[name], name, rules)
 
 
 def read_manifest(path: Path, manifest: str, rules: SampleRules) -> Iterator[Sample]:
-    with open(path, "rb") as handle:
-        for line_number, raw_line in enumerate(handle, start=1):
-            yield parse_line(raw_line, manifest=manifest, line_number=line_number, base_dir=path.parent, rules=rules)
+    with open_manifest(path) as handle:
+        for line_number, (raw_line, whole) in enumerate(bounded_lines(handle, rules.max_line_bytes), start=1):
+            if whole:
+                yield parse_line(raw_line, manifest=manifest, line_number=line_number, base_dir=path.parent,
+                                 rules=rules)
+            else:
+                yield Sample(sample_id=f"{manifest}:{line_number}", manifest=manifest, line_number=line_number,
+                             status=Status.MALFORMED_LINE, sample_json=raw_line.decode("utf-8", errors="replace"),
+                             error=f"line longer than max_line_bytes={rules.max_line_bytes}: not read (its first "
+                             f"{LONG_LINE_PREVIEW} bytes are kept as sample_json)")
+
+
+LONG_LINE_PREVIEW = 200
+
+
+def bounded_lines(handle: BinaryIO, max_bytes: int) -> Iterator[tuple[bytes, bool]]:
+    """(line, True) for each line of at most `max_bytes` (newline not counted); (its first bytes, False) for a
+    longer one, whose rest is skipped without holding it in memory."""
+    while line := handle.readline(max_bytes + 1):
+        if len(line) <= max_bytes or line.endswith(b"\n"):
+            yield line, True
+            continue
+        preview = line[:LONG_LINE_PREVIEW]
+        while line and not line.endswith(b"\n"):
+            line = handle.readline(1 << 20)
+        yield preview, False
 
 
 def parse_line(raw_line: bytes, *, manifest: str, line_number: int, base_dir: Path, rules: SampleRules) -> Sample:
@@ -78,10 +121,18 @@ def parse_line(raw_line: bytes, *, manifest: str, line_number: int, base_dir: Pa
     if problem:
         return rejected(Status.MALFORMED_LINE, problem, text)
 
+    stats = record.get(DJ_STATS_FIELD, {})
+    if not isinstance(stats, dict):
+        return rejected(Status.MALFORMED_LINE, f"`{DJ_STATS_FIELD}` must be a JSON object (Data-Juicer's stats), "
+                        f"got {type(stats).__name__}: its stats cannot be merged", text)
     problem = images_problem(record.get("images"), "images" in record)
     if problem:
         return rejected(Status.INVALID_IMAGES, problem, text)
     images: list[str] = record["images"]
+    pairs_wanted = pair_count(len(images), rules.pairing)
+    if pairs_wanted > rules.max_pairs_per_sample:
+        return rejected(Status.TOO_MANY_PAIRS, f"{len(images)} images make {pairs_wanted} pairs under pairing "
+                        f"{rules.pairing}, more than max_pairs_per_sample={rules.max_pairs_per_sample}", text)
     resolved = tuple(image if is_url(image) else resolve_image_path(image, base_dir) for image in images)
 
     pairing = pairing_problem(len(images), rules.pairing)
@@ -94,7 +145,8 @@ def parse_line(raw_line: bytes, *, manifest: str, line_number: int, base_dir: Pa
     if urls:
         return rejected(Status.URL_NOT_ALLOWED, f"images must be local files; URLs are never fetched: {urls[0]!r}",
                         text, resolved)
-    outside = [(image, path) for image, path in zip(images, resolved) if not is_within(path, rules.image_roots)]
+    outside = [(image, path) for image, path in zip(images, resolved)
+               if not is_within(os.path.realpath(path), rules.image_roots)]
     if outside:
         image, path = outside[0]
         return rejected(Status.PATH_NOT_ALLOWED, f"image path {image!r} resolves to {os.path.realpath(path)}, "
@@ -148,9 +200,3 @@ def is_url(image: str) -> bool:
 def resolve_image_path(image: str, base_dir: Path) -> str:
     """Relative paths resolve against the manifest's folder; absolute paths stay as they are (normalised)."""
     return os.path.normpath(os.path.join(base_dir, image))
-
-
-def is_within(path: str, roots: Sequence[str]) -> bool:
-    """Whether the file `path` names (symlinks followed, `..` resolved) lies inside one of the real-path roots."""
-    real = os.path.realpath(path)
-    return any(os.path.commonpath([real, root]) == root for root in roots)

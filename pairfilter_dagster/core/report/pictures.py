@@ -11,7 +11,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from ..filtering import FilterSettings, score_passes
-from ..images import ImageDecodeError, decode_rgb
+from ..images import ImageAccess, ImageDecodeError, ImageRefused, decode_rgb, read_image_bytes
 from .boundary_pairs import THRESHOLDS, BoundaryRow, above_line
 from .summary import histogram_edges
 
@@ -101,12 +101,13 @@ def contact_sheet_height(rows_above: int, rows_below: int) -> int:
     return SHEET_HEADER + side(rows_above) + LINE_BAND + side(rows_below) + ROW_GAP
 
 
-def thumbnail(path: str) -> Image.Image:
-    """The picture upright and fitted in a THUMB square; a grey tile saying why when it cannot be read."""
+def thumbnail(path: str, access: ImageAccess = ImageAccess()) -> Image.Image:
+    """The picture upright and fitted in a THUMB square, read under `access`; a grey tile saying why when it
+    cannot be read."""
     tile = Image.new("RGB", (THUMB, THUMB), (236, 236, 236))
     try:
-        picture = decode_rgb(path)
-    except ImageDecodeError:
+        picture = decode_rgb(path, read_image_bytes(path, access))
+    except (ImageRefused, ImageDecodeError):
         problem = "unreadable" if os.path.exists(path) else "missing"
         ImageDraw.Draw(tile).text((THUMB / 2, THUMB / 2), problem, fill=INK, font=font(13), anchor="mm")
         return tile
@@ -115,7 +116,9 @@ def thumbnail(path: str) -> Image.Image:
     return tile
 
 
-def draw_contact_sheet(rows: Sequence[BoundaryRow], settings: FilterSettings, threshold: str) -> Image.Image:
+def draw_contact_sheet(
+    rows: Sequence[BoundaryRow], settings: FilterSettings, threshold: str, access: ImageAccess = ImageAccess()
+) -> Image.Image:
     """Rows of (thumbnail, thumbnail, score, sample id), highest score first, a line at the threshold."""
     value = getattr(settings, threshold)
     above = [r for r in rows if above_line(r.pair.score, threshold, value)]
@@ -131,7 +134,7 @@ def draw_contact_sheet(rows: Sequence[BoundaryRow], settings: FilterSettings, th
             draw.text((ROW_GAP, y + 8), f"no scored pair {side} {threshold} {value:g}", fill=INK, font=font(14))
             y += EMPTY_ROW
         for row in side_rows:
-            draw_pair_row(image, draw, row, y)
+            draw_pair_row(image, draw, row, y, access)
             y += ROW_HEIGHT
         if side == "above":
             middle = y + LINE_BAND // 2
@@ -142,11 +145,11 @@ def draw_contact_sheet(rows: Sequence[BoundaryRow], settings: FilterSettings, th
     return image
 
 
-def draw_pair_row(image: Image.Image, draw: ImageDraw.ImageDraw, row: BoundaryRow, y: int) -> None:
+def draw_pair_row(image: Image.Image, draw: ImageDraw.ImageDraw, row: BoundaryRow, y: int, access: ImageAccess) -> None:
     color = PASS_COLOR if row.passes else DROP_COLOR
     draw.rectangle([0, y, 4, y + THUMB], fill=color)
-    image.paste(thumbnail(row.pair.image_a), (ROW_GAP, y))
-    image.paste(thumbnail(row.pair.image_b), (2 * ROW_GAP + THUMB, y))
+    image.paste(thumbnail(row.pair.image_a, access), (ROW_GAP, y))
+    image.paste(thumbnail(row.pair.image_b, access), (2 * ROW_GAP + THUMB, y))
     text_x = 3 * ROW_GAP + 2 * THUMB
     draw.text((text_x, y + 6), f"{row.pair.score:.4f}", fill=color, font=font(26))
     draw.text((text_x, y + 44), row.pair.sample_id, fill=INK, font=font(15))

@@ -18,6 +18,7 @@ import numpy as np
 from PIL import Image
 
 from ..filtering import FilterSettings, keep_row, score_passes
+from ..images import ImageAccess
 from ..publish import write_atomically
 from ..schema import StatsRow
 from .boundary_pairs import PAIRS_PER_SIDE, THRESHOLDS, BoundaryRow, boundary_rows, scored_pairs
@@ -63,9 +64,9 @@ def sheet_file(threshold: str) -> str:
 
 
 def write_threshold_report(rows: Sequence[StatsRow], settings: FilterSettings, directory: Path,
-                           per_side: int = PAIRS_PER_SIDE) -> ThresholdReport:
-    """Draw the histogram and both contact sheets from stats-table rows; write them and report.json under
-    `directory` (each file replaced atomically)."""
+                           per_side: int = PAIRS_PER_SIDE, access: ImageAccess = ImageAccess()) -> ThresholdReport:
+    """Draw the histogram and both contact sheets from stats-table rows (their pictures read under `access`);
+    write them and report.json under `directory` (each file replaced atomically)."""
     directory = Path(directory)
     pairs = scored_pairs(rows)
     histogram = draw_histogram([p.score for p in pairs], settings)
@@ -74,7 +75,7 @@ def write_threshold_report(rows: Sequence[StatsRow], settings: FilterSettings, d
     for threshold in THRESHOLDS:
         sheet_rows[threshold] = boundary_rows(pairs, settings, threshold, per_side)
         sheets[threshold] = directory / sheet_file(threshold)
-        save_atomically(draw_contact_sheet(sheet_rows[threshold], settings, threshold), sheets[threshold])
+        save_atomically(draw_contact_sheet(sheet_rows[threshold], settings, threshold, access), sheets[threshold])
     report = ThresholdReport(
         directory=directory,
         histogram=directory / HISTOGRAM_FILE,
