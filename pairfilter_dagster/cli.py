@@ -115,12 +115,12 @@ def materialize(run_config: dict, console: RunConsole) -> int:
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     with instance:
         tags = every_shard_tags(instance, partitions, listing)
-        job, run_config = with_console(defs.resolve_job_def("pairfilter_job" if tags else "dataset_job"), run_config,
+        job, job_config = with_console(defs.resolve_job_def("pairfilter_job" if tags else "dataset_job"), run_config,
                                        console)
         print(f"{job.name} over {len(registered_shards(instance, partitions))} shards under {storage.raw_dir}",
               flush=True)
         try:
-            result = job.execute_in_process(run_config=run_config, instance=instance, tags=tags,
+            result = job.execute_in_process(run_config=job_config, instance=instance, tags=tags,
                                             raise_on_error=False)
         except dg.DagsterInvalidConfigError as exc:  # refused before the run started
             print(f"{PROG}: invalid run config: {'; '.join(one_line(e.message) for e in exc.errors)}",
@@ -128,11 +128,9 @@ def materialize(run_config: dict, console: RunConsole) -> int:
             return 1
         finally:
             console.end_bar()
-        shard_job = defs.resolve_job_def("shard_job")
         for shard, file in listing.files.items():
             if file.problem:
-                shard_job.execute_in_process(run_config=run_config, instance=instance, partition_key=shard,
-                                             raise_on_error=False)
+                fail_partition(defs.resolve_job_def("shard_job"), shard, run_config, instance, console)
     for name, problem in listing.problems.items():
         print(f"{PROG}: {name}: {problem}", file=sys.stderr)
     checks_failed = [c for c in result.get_asset_check_evaluations() if not c.passed]
@@ -143,11 +141,23 @@ def materialize(run_config: dict, console: RunConsole) -> int:
     return 1 if listing.problems else 0
 
 
+def fail_partition(shard_job: dg.JobDefinition, shard: str, run_config: dict, instance: dg.DagsterInstance,
+                   console: RunConsole) -> None:
+    """Run the shard job for one unreadable shard: it fails in its first step, saying why, so the UI shows that
+    partition failed."""
+    ops = {name: config for name, config in (run_config.get("ops") or {}).items() if name in shard_job.graph.node_dict}
+    job, job_config = with_console(shard_job, {**run_config, "ops": ops}, console)
+    job.execute_in_process(run_config=job_config, instance=instance, partition_key=shard, raise_on_error=False)
+
+
 def storage_for(run_config: dict, defaults: PairfilterStorage) -> PairfilterStorage:
     """The storage resource as the run will see it: the definitions' one, with the run config's overrides."""
-    overrides = ((run_config.get("resources") or {}).get("storage") or {}).get("config") or {}
-    if not isinstance(overrides, dict):
-        raise ValueError(f"resources.storage.config: must be a mapping, got {overrides!r:.60}")
+    overrides: Any = run_config
+    for depth, key in enumerate(("resources", "storage", "config")):
+        overrides = overrides.get(key) or {}
+        if not isinstance(overrides, dict):
+            where = ".".join(("resources", "storage", "config")[: depth + 1])
+            raise ValueError(f"{where}: must be a mapping, got {type(overrides).__name__} {overrides!r:.60}")
     return PairfilterStorage(**{**defaults.model_dump(), **overrides})
 
 

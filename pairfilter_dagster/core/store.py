@@ -59,7 +59,7 @@ def connect(
             conn = duckdb.connect(str(database), read_only=read_only)
             break
         except duckdb.IOException as exc:
-            if "lock" not in str(exc).lower():
+            if not is_lock_conflict(exc):
                 raise
             if time.monotonic() >= deadline:
                 raise StoreLockedError(
@@ -76,6 +76,15 @@ def connect(
         yield conn
     finally:
         conn.close()
+
+
+LOCK_CONFLICT = ("Could not set lock on file", "Conflicting lock is held")
+"""How DuckDB words another process's lock; any other I/O error (a path that merely contains "lock", such as a
+folder named `blocklists`) is raised at once."""
+
+
+def is_lock_conflict(exc: duckdb.IOException) -> bool:
+    return all(words in str(exc) for words in LOCK_CONFLICT)
 
 
 class TableWriter:
