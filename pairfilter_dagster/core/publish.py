@@ -99,8 +99,12 @@ class StagedFile:
         sync_folder(self.path.parent)
 
     def discard(self) -> None:
-        self._handle.close()
-        self.temp_path.unlink(missing_ok=True)
+        try:
+            self._handle.close()  # flushes what is buffered: fails again on a full disk
+        except OSError:
+            pass
+        finally:
+            self.temp_path.unlink(missing_ok=True)
 
 
 @contextmanager
