@@ -207,7 +207,7 @@ def test_dg_checks_and_lists_two_instances_side_by_side(two_datasets_project):
         assert [s["name"] for s in listed["sensors"] if s["name"].startswith(f"{name}__")] == [
             f"{name}__pairfilter_new_manifests"]
     # Nothing else: every definition of the code location belongs to one of the two instances.
-    assert len(listed["assets"]) == 8 and len(listed["asset_checks"]) == 8 and len(listed["jobs"]) == 6
+    assert len(listed["assets"]) == 8 and len(listed["asset_checks"]) == 2 * len(CHECKS) and len(listed["jobs"]) == 6
     assert len(listed["schedules"]) == 2 and len(listed["sensors"]) == 2
     assert {r["name"] for r in listed["resources"]} == {"a_clip", "a_storage", "b_clip", "b_storage"}
 

@@ -6,6 +6,7 @@ UTF-8, a folder named like a manifest."""
 import json
 import os
 import shutil
+import stat
 from pathlib import Path
 
 import dagster as dg
@@ -51,6 +52,7 @@ def test_a_folder_that_cannot_be_read_is_named_and_its_shards_keep_their_rows(sc
         (data_dir / unreadable).chmod(0o755)
     assert done.returncode == 1, done.stdout
     assert f"pairfilter-materialize: {named}: cannot list the folder: Permission denied" in done.stderr
+    assert "checks failed" not in done.stderr and " succeeded in " in done.stdout  # all but every_manifest_readable
     assert "rows are removed" not in done.stderr + done.stdout and "removed:" not in done.stdout
     assert stored_rows(data_dir) == rows_before  # nothing of the unreadable shards lost
     assert kept_lines(data_dir) == kept_before
@@ -82,7 +84,7 @@ def test_one_bad_manifest_of_each_kind_fails_its_own_partition_and_no_other(bund
         "secret.jsonl": "resolves to ",
         "locked.jsonl": "cannot open it: Permission denied",
     }
-    assert done.returncode == 1
+    assert done.returncode == 1 and "checks failed" not in done.stderr and " succeeded in " in done.stdout
     for shard, why in expected.items():
         assert f"pairfilter-materialize: raw/{shard}: {why}" in done.stderr, (shard, done.stderr[-3000:])
     assert SECRET not in done.stdout + done.stderr
@@ -124,6 +126,14 @@ def test_a_manifest_that_cannot_be_read_is_listed_with_its_problem(tmp_path, mak
     assert problem in listing.problems["raw/x.jsonl"]
     assert listing.may_hold("x.jsonl")
     assert SECRET not in json.dumps(listing.problems)
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="making a device node needs root")
+def test_a_device_named_like_a_manifest_is_refused_without_reading_it(tmp_path):
+    raw = tmp_path / "data" / "raw"
+    raw.mkdir(parents=True)
+    os.mknod(raw / "zero.jsonl", stat.S_IFCHR | 0o666, os.makedev(1, 5))  # /dev/zero: one endless line
+    assert list_shards(raw).problems == {"raw/zero.jsonl": "not a regular file (a character device)"}
 
 
 def test_symlinks_within_the_roots_are_followed_and_a_loop_is_named_once(tmp_path):

@@ -137,3 +137,11 @@ def test_a_killed_lock_holder_keeps_nobody_waiting(tmp_path):
     holder.wait(timeout=30)
     with store.connect(database, wait_seconds=0) as conn:  # the lock died with its process
         assert conn.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_damaged_store_file_is_named_with_the_way_to_start_over(tmp_path):
+    database = tmp_path / "pairfilter.duckdb"
+    database.write_bytes(os.urandom(100_000))
+    with pytest.raises(store.StoreCorruptError, match=r"move it aside \(mv .*pairfilter.duckdb .*\.damaged\)"):
+        with store.connect(database):
+            pass

@@ -39,6 +39,10 @@ class StoreLockedError(RuntimeError):
     """Another process held the DuckDB file's lock for longer than we were willing to wait."""
 
 
+class StoreCorruptError(RuntimeError):
+    """The store file is not a DuckDB database: the message says how to start over."""
+
+
 @contextmanager
 def connect(
     database: Path,
@@ -59,6 +63,12 @@ def connect(
             conn = duckdb.connect(str(database), read_only=read_only)
             break
         except duckdb.IOException as exc:
+            if "not a valid DuckDB database file" in str(exc):
+                raise StoreCorruptError(
+                    f"{database} is not a valid DuckDB file (damaged, or written by something else): move it aside "
+                    f"(mv {database} {database}.damaged) and run again; every table is rebuilt from raw/, and every "
+                    "image is embedded again (the embedding cache was in it)"
+                ) from exc
             if not is_lock_conflict(exc):
                 raise
             if time.monotonic() >= deadline:

@@ -110,15 +110,15 @@ def build_checks(spec: PipelineSpec, image_pair_stats: dg.AssetsDefinition,
         lines = {shard: count_lines(path) for shard, path in listing.readable.items()}
         with storage.connect(read_only=True) as conn:
             counts = queries.accounting(conn)
-        unreadable = listing.split(list(counts.ingested_per_shard)).unreadable  # every_manifest_readable's part
-        per_shard = {shard: n for shard, n in counts.ingested_per_shard.items() if shard not in unreadable}
+        per_shard = counts.ingested_per_shard
+        unreadable = listing.split(list(per_shard)).unreadable  # their last good rows: every_manifest_readable's part
         ingested = sum(per_shard.values())
         ok = counts.statuses.get(Status.OK.value, 0)
         rejected = sum(counts.statuses.values()) - ok
         unknown = sorted(set(counts.statuses) - {status.value for status in Status})
         mismatched = {
             shard: {"manifest_lines": lines.get(shard, 0), "ingested": per_shard.get(shard, 0)}
-            for shard in sorted(set(lines) | set(per_shard))
+            for shard in sorted((set(lines) | set(per_shard)) - set(unreadable))
             if lines.get(shard, 0) != per_shard.get(shard, 0)
         }
         passed = not mismatched and ingested == ok + rejected and counts.kept + counts.dropped == ok and not unknown
