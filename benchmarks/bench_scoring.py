@@ -202,7 +202,7 @@ def rethreshold_seconds(work: Path, rows: int) -> tuple[float, float]:
             for chunk in chunked(stats, 10_000):
                 table.write(chunk)
         started = time.perf_counter()
-        stages.filter_and_publish(conn, FilterSettings(0.3, 0.9), data_dir / "output" / "core.jsonl")
+        stages.filter_and_publish(conn, FilterSettings(0.3, 0.9), data_dir / "output" / "core.jsonl", data_dir / "raw")
         core = time.perf_counter() - started
     started = time.perf_counter()
     result = dg.materialize(

@@ -27,7 +27,8 @@ def die(*args, **kwargs):
 setattr({target}, "{name}", die)
 data = Path(sys.argv[1])
 with store.connect(data / "pairfilter.duckdb") as conn:
-    stages.filter_and_publish(conn, FilterSettings(min_score=0.95), data / "output" / "filtered_samples.jsonl")
+    stages.filter_and_publish(conn, FilterSettings(min_score=0.95), data / "output" / "filtered_samples.jsonl",
+                             data / "raw")
 """
 
 

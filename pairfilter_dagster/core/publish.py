@@ -10,12 +10,14 @@ filtered JSONL is renamed only after its table commits, and the commit records t
 a run killed between the two is completed by the next connection, so the file and its table never disagree for
 longer than that."""
 
+import functools
 import hashlib
 import json
 import os
 import secrets
 import socket
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterator, Sequence
 
@@ -28,34 +30,61 @@ TEMP_SUFFIX = ".tmp"
 PENDING_TABLE = "pending_publish"
 
 
-def dj_record(sample_json: str, scores: Sequence[float], images: Sequence[str] | None = None) -> str:
+def dj_record(sample_json: str, scores: Sequence[float], paths: "ImagePaths | None" = None) -> str:
     """The sample's JSON line with Data-Juicer's stats merged into `__dj__stats__` (any other stats kept) and,
-    given `images`, its relative image paths replaced by those; every other byte as written, on one physical
-    line."""
+    given `paths`, its relative image paths rewritten for the output folder; every other byte as written, on one
+    physical line."""
     # json.dumps writes floats with repr(); kept scores are finite, so this is the same text, made faster.
     similarity = f"[{', '.join(repr(float(score)) for score in scores)}]"
 
     def stats(written: str | None) -> str:
-        return set_members(written or "{}", {SIMILARITY_STAT: lambda _: similarity})
+        if written is None:
+            return f'{{"{SIMILARITY_STAT}": {similarity}}}'
+        return set_members(written, {SIMILARITY_STAT: lambda _: similarity})
 
-    def relative_images(written: str | None) -> str:
+    def images(written: str | None) -> str:
         original = json.loads(written or "[]")
         if written is not None and all(os.path.isabs(path) for path in original):
             return written
-        return json.dumps([old if os.path.isabs(old) else new for old, new in zip(original, images or ())],
-                          ensure_ascii=False)
+        return json.dumps([paths.for_output(path) for path in original], ensure_ascii=False)  # type: ignore[union-attr]
 
-    members = {"images": relative_images} if images is not None else {}
+    members = {"images": images} if paths is not None else {}
     return one_physical_line(set_members(sample_json.rstrip(), {**members, DJ_STATS_FIELD: stats}))
 
 
-def filtered_row(row: StatsRow, output_dir: Path) -> FilteredRow:
+@dataclass(frozen=True)
+class ImagePaths:
+    """Relative image paths of one manifest (they resolve against its folder) as seen from the output folder."""
+
+    manifest_folder: str
+    output_folder: str
+
+    def for_output(self, image: str) -> str:
+        if os.path.isabs(image):
+            return image
+        folder, name = os.path.split(image)
+        relative = output_relative_folder(self.manifest_folder, folder, self.output_folder)
+        return name if relative == os.curdir else f"{relative}{os.sep}{name}"
+
+
+@functools.lru_cache(maxsize=4096)
+def output_relative_folder(manifest_folder: str, image_folder: str, output_folder: str) -> str:
+    """Computed once per folder: a dataset's images share few folders, and relpath is slow."""
+    return os.path.relpath(os.path.normpath(os.path.join(manifest_folder, image_folder)), output_folder)
+
+
+@functools.lru_cache(maxsize=4096)
+def image_paths(raw_dir: Path, manifest: str, output_dir: Path) -> ImagePaths:
+    return ImagePaths(os.path.dirname(os.path.join(raw_dir, manifest)), str(output_dir))
+
+
+def filtered_row(row: StatsRow, raw_dir: Path, output_dir: Path) -> FilteredRow:
     """A kept sample as the filtered dataset holds it, its line ready for a file in `output_dir`."""
-    images = [os.path.relpath(path, output_dir) for path in row.images]
+    paths = image_paths(raw_dir, row.manifest, output_dir)
     return FilteredRow(
         sample_id=row.sample_id, manifest=row.manifest, line_number=row.line_number,
         image_pair_similarity=row.image_pair_similarity,
-        sample_json=dj_record(row.sample_json, row.image_pair_similarity, images),
+        sample_json=dj_record(row.sample_json, row.image_pair_similarity, paths),
     )
 
 

@@ -22,7 +22,7 @@ from .progress import ProgressCallback
 from .schema import FilteredRow, Sample, StatsRow, Status, column_names
 from .scoring import PairScorer, ScoringReport, chunked
 
-FILTER_READS = [*column_names(FilteredRow), "status", "images"]
+FILTER_READS = [*column_names(FilteredRow), "status"]
 """What filtering needs of a stats row: the keep decision and the filtered row."""
 TABLE_CHUNK_SIZE = 10_000
 """Rows per chunk where no model runs (ingesting, filtering): large enough to amortise each insert."""
@@ -79,17 +79,19 @@ def filter_and_publish(
     conn: duckdb.DuckDBPyConnection,
     settings: FilterSettings,
     jsonl_path: Path,
+    raw_dir: Path,
     chunk_size: int = TABLE_CHUNK_SIZE,
 ) -> FilterCounts:
     """Keep the samples of `image_pair_stats` that pass `settings`: the `filtered_samples` table and the JSONL
-    file, both replaced whole. The file is renamed into place after the table commits; the commit records that
+    file, both replaced whole; the lines' image paths, relative to their manifest in `raw_dir`, are rewritten
+    relative to the file's folder. The file is renamed into place after the table commits; the commit records that
     rename, so that a kill between the two is completed by the next connection (`publish.complete_pending`)."""
     counts = FilterCounts()
     publish.complete_pending(conn)
     with publish.staged_file(jsonl_path) as jsonl:
         with store.table_writer(conn, FilteredRow) as table:
             for rows in store.read_rows(conn.cursor(), StatsRow, chunk_size=chunk_size, only=FILTER_READS):
-                kept = [publish.filtered_row(row, jsonl_path.parent) for row in rows if keep_row(row, settings)]
+                kept = [publish.filtered_row(row, raw_dir, jsonl_path.parent) for row in rows if keep_row(row, settings)]
                 table.write(kept)
                 jsonl.write_lines([row.sample_json for row in kept])
                 counts.total += len(rows)

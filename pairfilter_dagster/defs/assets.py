@@ -182,7 +182,7 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
             removed = stages.prune_removed_manifests(conn, listing)
             if removed:
                 context.log.info(f"Removed the rows of {len(removed)} shards whose manifest is gone: {removed}")
-            counts = stages.filter_and_publish(conn, settings, storage.filtered_jsonl)
+            counts = stages.filter_and_publish(conn, settings, storage.filtered_jsonl, storage.raw_dir)
             shards = store.stored_shards(conn, StatsRow.TABLE)
             similarity = similarity_metadata(conn, settings, marked=True)
             data_version = table_data_version(conn, FilteredRow.TABLE, ["sample_id", "sample_json"], str(settings))
