@@ -26,8 +26,8 @@ class ImagePairSimilarityFilter(dg.Component, dg.Model, dg.Resolvable):
         "Default: $PAIRFILTER_DATA_DIR, else the repo's data/.",
     )
     hf_clip: Optional[str] = Field(
-        default=None, description="Hugging Face model id or local folder of a CLIP checkpoint. Default: "
-        "$PAIRFILTER_HF_CLIP, else openai/clip-vit-base-patch32.",
+        default=None, description="Hugging Face model id or local folder of an image encoder with image features "
+        "(CLIP, SigLIP, ...). Default: $PAIRFILTER_HF_CLIP, else openai/clip-vit-base-patch32.",
     )
     min_score: float = Field(default=0.1, ge=0.0, le=1.0, description="Lowest similarity kept (inclusive).")
     max_score: float = Field(default=1.0, ge=0.0, le=1.0, description="Highest similarity kept (inclusive).")

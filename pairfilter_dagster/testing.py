@@ -1,7 +1,8 @@
-"""Test fixtures that tests and the benchmark share, with no test framework: randomly initialised CLIP checkpoints
-written exactly as a hub checkpoint is laid out (config, safetensors weights, preprocessor config), so they load
-through the same `from_pretrained` path that users take with a hub id (the build machines have no model hub); and
-image files made from the real photos bundled in the repo's data/images."""
+"""Test fixtures that tests and the benchmark share, with no test framework: randomly initialised CLIP and SigLIP
+checkpoints (and models without image features, to be refused) written exactly as a hub checkpoint is laid out
+(config, safetensors weights, preprocessor config), so they load through the same `from_pretrained` path that users
+take with a hub id (the build machines have no model hub); and image files made from the real photos bundled in the
+repo's data/images."""
 
 import random
 from pathlib import Path
@@ -45,13 +46,41 @@ def write_clip_checkpoint(
     return Path(folder)
 
 
+def write_siglip_checkpoint(folder: Path, *, hidden_size: int = 32, image_size: int = 32, seed: int = 0) -> Path:
+    """A tiny two-layer SigLIP (text and vision towers; its image features are the attention-pooled vision output,
+    `hidden_size` long, with no projection) and its image processor, as google/siglip-* checkpoints are laid out."""
+    import torch
+    from transformers import SiglipConfig, SiglipImageProcessor, SiglipModel
+
+    tower = dict(hidden_size=hidden_size, intermediate_size=37, num_hidden_layers=2, num_attention_heads=4)
+    config = SiglipConfig(
+        text_config=dict(**tower, vocab_size=99, max_position_embeddings=16, bos_token_id=0, eos_token_id=1,
+                         pad_token_id=1),
+        vision_config=dict(**tower, image_size=image_size, patch_size=8),
+    )
+    torch.manual_seed(seed)
+    SiglipModel(config).save_pretrained(folder)
+    SiglipImageProcessor(size={"height": image_size, "width": image_size}).save_pretrained(folder)
+    return Path(folder)
+
+
 def write_vit_checkpoint(folder: Path) -> Path:
-    """A tiny real image model that is not CLIP (a plain ViT), saved with save_pretrained."""
+    """A tiny real image model without image features (a plain ViT: no get_image_features), saved with
+    save_pretrained."""
     from transformers import ViTConfig, ViTModel
 
     ViTModel(ViTConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37,
                        image_size=32, patch_size=8)).save_pretrained(folder)
     return folder
+
+
+def write_bert_checkpoint(folder: Path) -> Path:
+    """A tiny real text-only model (BERT), saved with save_pretrained: no image tower at all."""
+    from transformers import BertConfig, BertModel
+
+    BertModel(BertConfig(hidden_size=32, num_hidden_layers=1, num_attention_heads=4, intermediate_size=37,
+                         vocab_size=99)).save_pretrained(folder)
+    return Path(folder)
 
 
 def photo_sources() -> list[Path]:

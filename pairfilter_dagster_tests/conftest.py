@@ -1,5 +1,5 @@
-"""Shared fixtures: a real (tiny, randomly initialised) CLIP checkpoint written with save_pretrained, and data
-folders built from the real photos bundled in the repo's data/."""
+"""Shared fixtures: real (tiny, randomly initialised) CLIP and SigLIP checkpoints written with save_pretrained, and
+data folders built from the real photos bundled in the repo's data/."""
 
 import json
 import shutil
@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pairfilter_dagster.testing import PHOTOS, write_clip_checkpoint
+from pairfilter_dagster.testing import PHOTOS, write_clip_checkpoint, write_siglip_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 BUNDLED_DATA = REPO / "data"
@@ -16,6 +16,11 @@ BUNDLED_DATA = REPO / "data"
 @pytest.fixture(scope="session")
 def tiny_clip_dir(tmp_path_factory) -> Path:
     return write_clip_checkpoint(tmp_path_factory.mktemp("tiny-clip"))
+
+
+@pytest.fixture(scope="session")
+def tiny_siglip_dir(tmp_path_factory) -> Path:
+    return write_siglip_checkpoint(tmp_path_factory.mktemp("tiny-siglip"))
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,7 @@ import torch
 from pairfilter_dagster.core.embedding.model import ModelLoadError
 from pairfilter_dagster.core.images import PIL_HARD_PIXEL_LIMIT
 from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage
-from pairfilter_dagster.testing import write_vit_checkpoint
+from pairfilter_dagster.testing import write_bert_checkpoint, write_vit_checkpoint
 
 from .pipeline import PIPELINE as assets
 from .test_assets import ASSETS, CHECKS, step_failure
@@ -86,11 +86,13 @@ def test_half_precision_on_cpu_is_refused(bundled_data_dir, tiny_clip_dir):
     assert_refused_before_any_work(caught, "dtype", bundled_data_dir)
 
 
-def test_a_model_that_is_not_clip_is_refused_with_one_message(bundled_data_dir, tmp_path):
+@pytest.mark.parametrize("write", [write_vit_checkpoint, write_bert_checkpoint])
+def test_a_model_without_image_features_is_refused_with_one_message(bundled_data_dir, tmp_path, write):
     with pytest.raises(dg.DagsterResourceFunctionError) as caught:
-        launch(ASSETS, bundled_data_dir, write_vit_checkpoint(tmp_path / "vit"))
+        launch(ASSETS, bundled_data_dir, write(tmp_path / "model"))
     assert isinstance(caught.value.__cause__, ModelLoadError)
-    assert_refused_before_any_work(caught, "is not a CLIP model", bundled_data_dir)
+    assert_refused_before_any_work(caught, "has no get_image_features", bundled_data_dir)
+    assert str(caught.value.__cause__).startswith("hf_clip: ")
 
 
 def test_a_launchpad_override_of_one_field_keeps_the_defaults_from_the_environment(tmp_path, tiny_clip_dir):

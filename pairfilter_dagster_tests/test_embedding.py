@@ -84,8 +84,8 @@ def test_a_hub_id_that_cannot_be_downloaded_names_the_ways_out(monkeypatch):
     assert "HF_HUB_OFFLINE" in str(caught.value) and "PAIRFILTER_HF_CLIP" in str(caught.value)
 
 
-def test_a_model_that_is_not_clip_is_refused(tmp_path):
-    with pytest.raises(ModelLoadError, match="not a CLIP model"):
+def test_an_image_model_without_image_features_is_refused(tmp_path):
+    with pytest.raises(ModelLoadError, match="is a ViTModel .*, which has no get_image_features"):
         ClipEmbedder.load(ModelSpec(str(write_vit_checkpoint(tmp_path / "vit"))))
 
 

@@ -117,12 +117,12 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
         kinds={"duckdb", "pytorch", "huggingface"},
         code_version=f"{SCORING_VERSION};model={spec.clip.hf_clip}",
         metadata=table_metadata(StatsRow, image_pair_stats_lineage(spec.key("raw_samples"))),
-        description="Data-Juicer's `image_pair_similarity` stat: the cosine similarity of the two images' CLIP "
-        "embeddings (Hugging Face `CLIPModel.get_image_features`), one row per sample of the shard with its status "
-        "and reason. Every distinct image is embedded once and cached in the `embedding_cache` table, keyed by "
-        "model and image content. The code version names the default model, so changing the model marks every "
-        "shard of this table as stale; rebuild the filtered dataset after re-scoring (the staleness does not "
-        "reach it through the partitions).",
+        description="Data-Juicer's `image_pair_similarity` stat: the cosine similarity of the two images' "
+        "embeddings (Hugging Face `get_image_features`: CLIP by default, SigLIP or another image encoder when "
+        "hf_clip names one), one row per sample of the shard with its status and reason. Every distinct image is "
+        "embedded once and cached in the `embedding_cache` table, keyed by model and image content. The code "
+        "version names the default model, so changing the model marks every shard of this table as stale; rebuild "
+        "the filtered dataset after re-scoring (the staleness does not reach it through the partitions).",
     )
     def image_pair_stats(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         storage, clip = spec.storage_of(context), spec.clip_of(context)

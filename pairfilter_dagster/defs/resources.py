@@ -56,13 +56,14 @@ class RayConfig(dg.Config):
 
 
 class ClipModel(dg.ConfigurableResource):
-    """A Hugging Face CLIP image encoder. The model is loaded once per process, in `setup_for_execution`, and
+    """A Hugging Face image encoder (CLIP by default). The model is loaded once per process, in `setup_for_execution`, and
     only for steps that use it; loading these definitions never imports torch (nor ray). With `ray` set, the
     images are embedded on Ray and the step loads the model only to compute the cache key."""
 
     hf_clip: str = Field(
         default=default_hf_clip(),  # the env var, also when a launchpad override names other fields only
-        description=f"Hugging Face model id or local folder of a CLIP checkpoint (env: {HF_CLIP_ENV_VAR}).",
+        description="Hugging Face model id or local folder of an image encoder with image features: CLIP, SigLIP, "
+        f"SigLIP 2, or any model whose class has get_image_features (env: {HF_CLIP_ENV_VAR}).",
     )
     revision: Optional[str] = Field(
         default=None, description="Model revision (branch, tag or commit) to pin; None takes the default branch."

@@ -1,4 +1,6 @@
-"""The model: CLIP image embeddings through Hugging Face transformers.
+"""The model: image embeddings through Hugging Face transformers, from CLIP (the default and the parity reference
+with Data-Juicer) or any image-text encoder whose model class has `get_image_features` (SigLIP, SigLIP 2, ALIGN,
+...), each with its checkpoint's own `AutoImageProcessor`.
 
 torch and transformers are imported inside `ClipEmbedder.load`, never at module level: the Dagster definitions
 import this package to show the UI, and must not pay for (or require) torch to do so.
@@ -27,12 +29,12 @@ def default_hf_clip() -> str:
 
 
 class ModelLoadError(RuntimeError):
-    """The CLIP model could not be loaded; the message names the model and the ways out."""
+    """The model could not be loaded, or gives no image features; the message names the model and the ways out."""
 
 
 @dataclass(frozen=True)
 class ModelSpec:
-    """Which CLIP checkpoint to load and how to run it."""
+    """Which checkpoint to load (`hf_clip`: the name of the setting, whatever the model family) and how to run it."""
 
     hf_clip: str = DEFAULT_HF_CLIP
     revision: str | None = None
@@ -54,7 +56,7 @@ class ModelSpec:
 def _load_failure(spec: ModelSpec, cause: Exception) -> ModelLoadError:
     at_revision = f" at revision {spec.revision!r}" if spec.revision else ""
     return ModelLoadError(
-        f"Could not load the CLIP model {spec.hf_clip!r}{at_revision}: {type(cause).__name__}: {cause}\n"
+        f"Could not load the model {spec.hf_clip!r}{at_revision}: {type(cause).__name__}: {cause}\n"
         "Ways out: (1) point hf_clip (or the env var PAIRFILTER_HF_CLIP) at a local folder holding the "
         "checkpoint (config.json, weights, preprocessor_config.json); (2) if the model is already in the "
         "Hugging Face cache, set HF_HUB_OFFLINE=1 so no download is tried; (3) check the model id, the "
@@ -62,8 +64,16 @@ def _load_failure(spec: ModelSpec, cause: Exception) -> ModelLoadError:
     )
 
 
+def no_image_features(spec: ModelSpec, what: str) -> ModelLoadError:
+    return ModelLoadError(
+        f"hf_clip: {spec.hf_clip!r} {what}; image_pair_similarity needs an image encoder with image features, "
+        "e.g. a CLIP (openai/clip-vit-base-patch32) or SigLIP (google/siglip-base-patch16-224) checkpoint"
+    )
+
+
 class ClipEmbedder:
-    """Unit-length CLIP image embeddings; the cosine of two of them is Data-Juicer's `image_pair_similarity`."""
+    """Unit-length image embeddings (CLIP, SigLIP, any model with `get_image_features`); the cosine of two of them
+    is Data-Juicer's `image_pair_similarity`."""
 
     def __init__(self, model: Any, image_processor: Any, spec: ModelSpec, device: str) -> None:
         self.model = model
@@ -75,6 +85,7 @@ class ClipEmbedder:
         self._model_key: str | None = None
         self._image_features = model.get_image_features
         self._compiled_batch = 0
+        self.dimension = self._probe_dimension()
         if spec.compile:
             import torch
 
@@ -82,9 +93,10 @@ class ClipEmbedder:
 
     @classmethod
     def load(cls, spec: ModelSpec) -> "ClipEmbedder":
-        """Load model and image processor with `from_pretrained`, in eval mode, on the chosen device."""
+        """Load model and image processor with `from_pretrained`, in eval mode, on the chosen device; refuse a
+        checkpoint whose model gives no image features before its weights are read."""
         import torch
-        from transformers import AutoConfig, CLIPModel
+        from transformers import AutoConfig
 
         source = model_source(spec)
         device = resolve_device(spec.device)
@@ -93,12 +105,10 @@ class ClipEmbedder:
         common: dict[str, Any] = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
         try:
             config = AutoConfig.from_pretrained(source, **common)
-            if getattr(config, "model_type", None) != "clip":
-                raise ModelLoadError(
-                    f"{spec.hf_clip!r} is not a CLIP model (its config says model_type="
-                    f"{getattr(config, 'model_type', None)!r}); image_pair_similarity needs a CLIP checkpoint"
-                )
-            model = CLIPModel.from_pretrained(source, config=config, dtype=getattr(torch, spec.dtype), **common)
+            model_class = image_model_class(config, spec)
+            model = model_class.from_pretrained(source, config=config, dtype=getattr(torch, spec.dtype), **common)
+            if not callable(getattr(model, "get_image_features", None)):  # remote code: known only once loaded
+                raise no_image_features(spec, f"loads as {type(model).__name__}, which has no get_image_features")
             image_processor = load_image_processor(spec, source)
         except ModelLoadError:
             raise
@@ -107,10 +117,31 @@ class ClipEmbedder:
         model.to(device).eval()  # type: ignore[arg-type]
         return cls(model, image_processor, spec, device)
 
+    def _probe_dimension(self) -> int:
+        """The length of an embedding, from a blank image (uncompiled, not counted as a forward pass): a model whose
+        features are not one vector per image is refused here, before any work."""
+        import torch
+        from PIL import Image
+
+        pixels = torch.from_numpy(self.preprocess(Image.new("RGB", (64, 64))))[None]
+        try:
+            with torch.inference_mode():
+                features = image_features(self.model.get_image_features(
+                    pixel_values=pixels.to(self.device, dtype=self.model.dtype)))
+        except Exception as exc:  # e.g. a vision-language model that wants more than pixels
+            raise no_image_features(self.spec, f"({type(self.model).__name__}) fails to embed a blank image: "
+                                               f"{type(exc).__name__}: {exc}") from exc
+        if features is None or features.ndim != 2:
+            shape = None if features is None else tuple(features.shape)
+            raise no_image_features(self.spec, f"({type(self.model).__name__}) gives image features of shape "
+                                               f"{shape}, not one vector per image")
+        return int(features.shape[-1])
+
     @property
     def model_key(self) -> str:
-        """Identity of what produces the embeddings: a hash of the weights as loaded, the dtype and the image
-        processor's settings. Two checkpoints share cached embeddings only if all of these agree."""
+        """Identity of what produces the embeddings: a hash of the weights as loaded, the dtype, the model class and
+        the image processor's class and settings. Two checkpoints share cached embeddings only if all of these
+        agree."""
         if self._model_key is None:
             self._model_key = model_fingerprint(self.model, self.image_processor, self.spec.dtype)
         return self._model_key
@@ -133,10 +164,7 @@ class ClipEmbedder:
             if self.spec.compile:  # one compiled shape: pad a short (last) batch up to the usual size
                 self._compiled_batch = max(self._compiled_batch, count)
                 batch = torch.cat([batch, batch[-1:].expand(self._compiled_batch - count, *batch.shape[1:])])
-            output = self._image_features(pixel_values=batch)
-            # transformers 5 returns an output object whose pooler_output holds the projected features;
-            # older releases return the tensor itself.
-            features = output if isinstance(output, torch.Tensor) else output.pooler_output
+            features = image_features(self._image_features(pixel_values=batch))
             features = torch.nn.functional.normalize(features[:count].float(), dim=-1)
         self.forward_passes += 1
         self.images_embedded += len(features)
@@ -145,6 +173,32 @@ class ClipEmbedder:
     def embed(self, images: "Sequence[Image.Image]") -> np.ndarray:
         """Preprocess and embed a few images in one forward pass (the pipeline preprocesses in worker threads)."""
         return self.embed_pixels(np.stack([self.preprocess(image) for image in images]))
+
+
+def image_model_class(config: Any, spec: ModelSpec) -> Any:
+    """The class to load: `CLIPModel` for CLIP, else the one `AutoModel` maps the config to, which must have
+    `get_image_features` (SiglipModel, Siglip2Model, ...). Remote code (`trust_remote_code`) goes through AutoModel
+    and is checked once loaded."""
+    from transformers import MODEL_MAPPING, AutoModel, CLIPModel
+
+    if getattr(config, "model_type", None) == "clip":
+        return CLIPModel
+    try:
+        model_class: Any = MODEL_MAPPING[type(config)]
+    except KeyError:
+        return AutoModel
+    if not callable(getattr(model_class, "get_image_features", None)):
+        raise no_image_features(spec, f"is a {model_class.__name__} (model_type={config.model_type!r}), which has no "
+                                      "get_image_features")
+    return model_class
+
+
+def image_features(output: Any) -> Any:
+    """The features `get_image_features` returns: transformers 5 gives an output object whose `pooler_output` holds
+    the (projected, or for SigLIP attention-pooled) features; older releases give the tensor itself."""
+    import torch
+
+    return output if isinstance(output, torch.Tensor) else getattr(output, "pooler_output", None)
 
 
 def model_source(spec: ModelSpec) -> str:
@@ -172,17 +226,24 @@ def pixel_values(image_processor: Any, image: "Image.Image") -> np.ndarray:
     return image_processor(images=[image], return_tensors="np")["pixel_values"][0]
 
 
+TEXT_SIDE_WEIGHTS = ("text_model.", "text_projection.", "logit_scale", "logit_bias")
+"""Weights that cannot change an image embedding (the text tower, the contrastive loss's scale and bias)."""
+
+
 def model_fingerprint(model: Any, image_processor: Any, dtype: str) -> str:
-    """sha256 over the weights that make image embeddings (vision tower and projection: names and bytes), the dtype,
-    and the image processor's class and settings. Text-tower weights cannot change an image embedding."""
+    """sha256 over every weight but the text side's (names and bytes), the dtype, the image processor's class and
+    settings, and the model class unless it is CLIPModel: two families never share embeddings, while the keys of CLIP
+    caches written before other families were supported stay what they were."""
     import torch
 
     digest = hashlib.sha256()
     settings = {"class": type(image_processor).__name__, **image_processor.to_dict()}
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(dtype.encode())
+    if type(model).__name__ != "CLIPModel":
+        digest.update(f"model_class={type(model).__name__}".encode())
     for name, tensor in sorted(model.state_dict().items()):
-        if name.startswith(("vision_model.", "visual_projection.")):
+        if not name.startswith(TEXT_SIDE_WEIGHTS):
             digest.update(name.encode())
             digest.update(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy().data)
     return digest.hexdigest()

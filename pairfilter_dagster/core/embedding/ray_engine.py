@@ -115,7 +115,7 @@ class ClipEmbedActor:
 
     def __init__(self, spec: ModelSpec) -> None:
         self.embedder = ClipEmbedder.load(spec)
-        self.dim = int(self.embedder.model.config.projection_dim)
+        self.dim = self.embedder.dimension
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         ok = np.asarray([error == "" for error in batch["error"]], dtype=bool)
