@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Literal, Optional
 
 import dagster as dg
-from pydantic import Field
+from pydantic import Field, model_validator
 
 from .core.filtering import FilterSettings
 from .core.ingest.pairing import DEFAULT_PAIRING, Pairing
@@ -32,6 +32,14 @@ class ImagePairSimilarityFilter(dg.Component, dg.Model, dg.Resolvable):
     min_score: float = Field(default=0.1, ge=0.0, le=1.0, description="Lowest similarity kept (inclusive).")
     max_score: float = Field(default=1.0, ge=0.0, le=1.0, description="Highest similarity kept (inclusive).")
     any_or_all: Literal["any", "all"] = Field(default="any", description="Keep when any (or all) pairs pass.")
+    keep_top_fraction: Optional[float] = Field(
+        default=None, gt=0.0, le=1.0, description="Keep this share of the ok samples, the highest scores (ties at the "
+        "cut kept), instead of min_score / max_score.",
+    )
+    keep_bottom_fraction: Optional[float] = Field(
+        default=None, gt=0.0, le=1.0, description="Keep this share of the ok samples, the lowest scores (ties at the "
+        "cut kept), instead of min_score / max_score.",
+    )
     pairing: Pairing = Field(
         default=DEFAULT_PAIRING, description="Which image pairs of a sample are scored."
     )
@@ -43,6 +51,15 @@ class ImagePairSimilarityFilter(dg.Component, dg.Model, dg.Resolvable):
         "resource names (`other` gives other/raw_samples, other__pairfilter_job, other_storage).",
     )
     group: str = Field(default=DEFAULT_GROUP, description="Asset group of the four assets.")
+
+    @model_validator(mode="after")
+    def _one_way_of_thresholding(self) -> "ImagePairSimilarityFilter":
+        self.thresholds()  # raises ValueError naming the fields
+        return self
+
+    def thresholds(self) -> FilterSettings:
+        return FilterSettings(self.min_score, self.max_score, self.any_or_all, self.keep_top_fraction,
+                              self.keep_bottom_fraction)
 
     def build_defs(self, context: dg.ComponentLoadContext) -> dg.Definitions:
         # A YAML instance's context path is the folder of its defs.yaml; a Python instance's
@@ -57,5 +74,5 @@ class ImagePairSimilarityFilter(dg.Component, dg.Model, dg.Resolvable):
             group=self.group,
             storage=PairfilterStorage(data_dir=data_dir, pairing=self.pairing, image_roots=self.image_roots),
             clip=ClipModel(hf_clip=self.hf_clip) if self.hf_clip else default_clip(),
-            thresholds=FilterSettings(self.min_score, self.max_score, self.any_or_all),
+            thresholds=self.thresholds(),
         )

@@ -86,6 +86,8 @@ def filter_and_publish(
     file, both replaced whole; the lines' image paths, relative to their manifest in `raw_dir`, are rewritten
     relative to the file's folder. The file is renamed into place after the table commits; the commit records that
     rename, so that a kill between the two is completed by the next connection (`publish.complete_pending`)."""
+    if settings.unresolved:
+        raise ValueError(f"{settings.share}: resolve the share of the data to bounds first (share.resolve_share)")
     counts = FilterCounts()
     publish.complete_pending(conn)
     with publish.staged_file(jsonl_path) as jsonl:

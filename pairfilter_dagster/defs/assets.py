@@ -14,7 +14,8 @@ from ..core.ingest.samples import read_shards
 from ..core.progress import progress_logger
 from ..core.report.summary import markdown_table
 from ..core.schema import FilteredRow, Sample, StatsRow
-from .config import filter_config_class, preflight
+from ..core.share import resolve_share
+from .config import filter_config_class, filter_settings_metadata, preflight
 from .lineage import filtered_samples_lineage, image_pair_stats_lineage, table_data_version
 from .metadata import (
     column_schema,
@@ -166,7 +167,9 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
         code_version="1",
         metadata=table_metadata(FilteredRow, filtered_samples_lineage(spec.key("image_pair_stats"))),
         description="Data-Juicer's image_pair_similarity_filter: keeps the samples with status ok and "
-        "`min_score <= image_pair_similarity <= max_score` for any (or all) of their pairs. Written in input order "
+        "`min_score <= image_pair_similarity <= max_score` for any (or all) of their pairs; or, with "
+        "keep_top_fraction / keep_bottom_fraction, that share of the ok samples by score (resolved to those bounds "
+        "from the stats table, ties at the cut kept, recorded in the metadata). Written in input order "
         "to `<data>/output/filtered_samples.jsonl` with every original field plus `__dj__stats__`. One whole "
         "dataset from every shard; the rows of shards whose manifest is gone from raw/ are deleted first. Reads "
         "only the stats table: re-thresholding never runs the model.",
@@ -182,6 +185,7 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
             removed = stages.prune_removed_manifests(conn, listing)
             if removed:
                 context.log.info(f"Removed the rows of {len(removed)} shards whose manifest is gone: {removed}")
+            settings = resolve_share(conn, settings)  # a share of the ok samples becomes the bounds that keep it
             counts = stages.filter_and_publish(conn, settings, storage.filtered_jsonl, storage.raw_dir)
             shards = store.stored_shards(conn, StatsRow.TABLE)
             similarity = similarity_metadata(conn, settings, marked=True)
@@ -200,9 +204,7 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
                 "scored": counts.scored,
                 "dropped": counts.dropped,
                 "kept_ratio": round(counts.kept / counts.total, 4) if counts.total else 0.0,
-                "min_score": settings.min_score,
-                "max_score": settings.max_score,
-                "any_or_all": settings.any_or_all,
+                **filter_settings_metadata(settings),
                 "output_path": dg.MetadataValue.path(str(storage.filtered_jsonl)),
                 "similarity_histogram": similarity["similarity_histogram"],
             },

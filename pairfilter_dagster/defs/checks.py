@@ -12,7 +12,7 @@ from ..core import queries
 from ..core.filtering import keep_sample
 from ..core.ingest.manifests import count_lines
 from ..core.schema import DJ_STATS_FIELD, SIMILARITY_STAT, Status
-from .config import recorded_filter_settings
+from .config import filter_settings_metadata, recorded_filter_settings
 from .metadata import status_count_metadata
 from .spec import PipelineSpec
 
@@ -64,7 +64,8 @@ def build_checks(spec: PipelineSpec, image_pair_stats: dg.AssetsDefinition,
         **blocking_on_storage,
         additional_deps=[stats_key],
         description="Every kept sample was scored ok and its scores satisfy the thresholds of the latest "
-        "materialization; the JSONL file and the table hold the same samples.",
+        "materialization; the JSONL file and the table hold the same samples; with a share of the data "
+        "(keep_top_fraction / keep_bottom_fraction), exactly the samples it wanted plus the ties at its cut.",
     )
     def kept_samples_satisfy_config(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         settings = recorded_filter_settings(context.instance, filtered_key)
@@ -81,17 +82,16 @@ def build_checks(spec: PipelineSpec, image_pair_stats: dg.AssetsDefinition,
             if status is None or not keep_sample(status, line.get(DJ_STATS_FIELD, {}).get(SIMILARITY_STAT, []),
                                                  settings)
         ]
+        share_kept = settings.cut.kept if settings.cut else len(lines)
         return dg.AssetCheckResult(
-            passed=len(lines) == len(table_rows) and not violations,
+            passed=len(lines) == len(table_rows) == share_kept and not violations,
             metadata={
                 "jsonl_lines": len(lines),
                 "table_rows": len(table_rows),
                 "violations": len(violations),
                 "first_violations": dg.MetadataValue.json(violations[:10]),
-                "checked_against": dg.MetadataValue.json(
-                    {"min_score": settings.min_score, "max_score": settings.max_score,
-                     "any_or_all": settings.any_or_all}
-                ),
+                "checked_against": dg.MetadataValue.json(filter_settings_metadata(settings)),
+                **({"kept_by_share": share_kept} if settings.cut else {}),
             },
         )
 

@@ -11,6 +11,7 @@ import dagster as dg
 
 from ..core import store
 from ..core.filtering import FilterSettings
+from ..core.report.summary import share_text
 from ..core.report.threshold_report import (
     HISTOGRAM_FILE,
     REPORT_JSON,
@@ -21,7 +22,7 @@ from ..core.report.threshold_report import (
 )
 from ..core.schema import StatsRow
 from .assets import asset_arguments
-from .config import recorded_filter_settings
+from .config import filter_settings_metadata, recorded_filter_settings
 from .spec import PipelineSpec
 
 
@@ -40,9 +41,8 @@ def report_metadata(report: ThresholdReport, settings: FilterSettings) -> dict:
         "scored_pairs": report.scored_pairs,
         "passing_pairs": report.passing_pairs,
         "kept_samples": report.kept_samples,
-        "min_score": settings.min_score,
-        "max_score": settings.max_score,
-        "any_or_all": settings.any_or_all,
+        **filter_settings_metadata(settings),
+        **({"share": share} if (share := share_text(settings)) else {}),
         "report_dir": dg.MetadataValue.path(str(report.directory)),
         "report_json": dg.MetadataValue.path(str(report.directory / REPORT_JSON)),
     }
@@ -60,7 +60,8 @@ def build_report_asset(spec: PipelineSpec, image_pair_stats: dg.AssetsDefinition
         code_version="1",
         description="Pictures for picking thresholds: a histogram of image_pair_similarity with min_score and "
         "max_score marked, and for each threshold a contact sheet of the pairs just inside and just outside it "
-        "(thumbnails, score, sample id). Uses the thresholds of the latest filtered_samples materialization. "
+        "(thumbnails, score, sample id). Uses the thresholds of the latest filtered_samples materialization (as "
+        "resolved there from keep_top_fraction / keep_bottom_fraction, if one was given). "
         f"Written to `<data>/output/report/` ({HISTOGRAM_FILE}, min_score_boundary.png, max_score_boundary.png, "
         f"{REPORT_JSON}) and shown in the metadata (click [Show Markdown]).",
     )

@@ -13,7 +13,7 @@ from PIL import Image, ImageDraw, ImageFont
 from ..filtering import FilterSettings, score_passes
 from ..images import ImageAccess, ImageDecodeError, ImageRefused, decode_rgb, read_image_bytes
 from .boundary_pairs import THRESHOLDS, BoundaryRow, above_line
-from .summary import histogram_edges
+from .summary import histogram_edges, share_text
 
 PASS_COLOR = (46, 160, 67)
 DROP_COLOR = (160, 160, 160)
@@ -51,6 +51,9 @@ def draw_histogram(
         draw.rectangle([legend_x, 36, legend_x + 12, 48], fill=color)
         draw.text((legend_x + 18, 34), label, fill=INK, font=font(13))
         legend_x += 160
+    share = share_text(settings)
+    if share:  # the bounds were resolved from a share of the data: say which
+        draw.text((legend_x, 34), f"thresholds from a share: {share}", fill=INK, font=font(13))
 
     plot_w, plot_h = width - left - right, height - top - bottom
     x_of = lambda v: left + (v - edges[0]) / (edges[-1] - edges[0]) * plot_w  # noqa: E731
@@ -126,8 +129,9 @@ def draw_contact_sheet(
     image = Image.new("RGB", (SHEET_WIDTH, contact_sheet_height(len(above), len(below))), PAPER)
     draw = ImageDraw.Draw(image)
     draw.text((ROW_GAP, 10), f"Pairs just above and below {threshold} = {value:g}", fill=INK, font=font(18))
-    draw.text((ROW_GAP, 36), f"keep range [{settings.min_score:g}, {settings.max_score:g}], "
-                             f"{settings.any_or_all}; green: passes, grey: dropped", fill=INK, font=font(13))
+    share = share_text(settings)
+    draw.text((ROW_GAP, 36), f"keep range [{settings.min_score:g}, {settings.max_score:g}], {settings.any_or_all}"
+                             f"{f' ({share})' if share else ''}; green: passes, grey: dropped", fill=INK, font=font(13))
     y = SHEET_HEADER
     for side, side_rows in (("above", above), ("below", below)):
         if not side_rows:

@@ -8,6 +8,7 @@ from typing import Mapping, Sequence
 import duckdb
 import numpy as np
 
+from ..filtering import FilterSettings
 from ..store import one, shard_filter
 
 NICE_BIN_WIDTHS = (0.005, 0.01, 0.02, 0.025, 0.05, 0.1, 0.2)
@@ -84,6 +85,19 @@ def histogram_markdown(summary: ScoreSummary, *, thresholds: Mapping[str, float]
         bar = "█" * max(1, round(BAR_WIDTH * n / peak)) if n else ""
         lines.append(f"| {label} | {n} | {bar} |")
     return "\n".join(lines)
+
+
+def share_text(settings: FilterSettings) -> str | None:
+    """How a share of the data was cut, for people ("top 30% of 12 ok samples: 4 kept + 1 tied at the cut"); None
+    for thresholds given as bounds."""
+    if settings.share is None or settings.cut is None:
+        return None
+    cut, side = settings.cut, "top" if settings.from_top else "bottom"
+    share = f"{side} {settings.share[1] * 100:.4g}%"
+    if cut.score is None:
+        return f"{share}: no ok sample to rank"
+    ties = f" + {cut.ties_at_cut} tied at the cut" if cut.ties_at_cut else ""
+    return f"{share} of {cut.ranked} ok samples: {cut.rank} kept{ties}"
 
 
 def markdown_table(headers: Sequence[str], rows: Sequence[Sequence[object]], *, max_cell: int = 80) -> str:
