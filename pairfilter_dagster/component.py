@@ -19,7 +19,8 @@ from .defs.spec import DEFAULT_GROUP, PipelineSpec, default_clip
 
 class ImagePairSimilarityFilter(dg.Component, dg.Model, dg.Resolvable):
     """Data-Juicer's image_pair_similarity_filter over one dataset folder: raw_samples -> image_pair_stats ->
-    filtered_samples -> similarity_report, with checks, jobs, a schedule and a sensor."""
+    filtered_samples -> similarity_report, and image_pair_stats -> image_embeddings, with checks, jobs, a schedule
+    and a sensor."""
 
     data_dir: Optional[str] = Field(
         default=None, description="The dataset folder (manifests under raw/); relative to this YAML file's folder. "
@@ -50,7 +51,7 @@ class ImagePairSimilarityFilter(dg.Component, dg.Model, dg.Resolvable):
         default=[], description="Prefix of every asset key; also prefixes job, schedule, sensor, partition and "
         "resource names (`other` gives other/raw_samples, other__pairfilter_job, other_storage).",
     )
-    group: str = Field(default=DEFAULT_GROUP, description="Asset group of the four assets.")
+    group: str = Field(default=DEFAULT_GROUP, description="Asset group of the five assets.")
 
     @model_validator(mode="after")
     def _one_way_of_thresholding(self) -> "ImagePairSimilarityFilter":

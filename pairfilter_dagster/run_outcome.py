@@ -48,6 +48,10 @@ def summary(result: dg.ExecuteInProcessResult, storage: PairfilterStorage, secon
         lines.append(f"  filtered: {filtered['output_path']}")
         if filtered.get("shards_removed"):
             lines.append(f"  removed:  {', '.join(filtered['shards_removed'])} (manifest gone: its rows deleted)")
+    if "image_embeddings" in meta:
+        emb = meta["image_embeddings"]
+        lines.append(f"  embeddings: {emb['dagster/row_count']} vectors of {emb['dimension']} floats, {emb['shards']} "
+                     f"shards, in {emb['output_dir']}")
     if "similarity_report" in meta:
         lines.append(f"  report:   {meta['similarity_report']['report_dir']}")
     lines.append(f"  duckdb:   {storage.database}")

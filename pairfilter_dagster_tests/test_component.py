@@ -32,11 +32,12 @@ DG = str(Path(sys.executable).parent / "dg")
 COMPONENT_TYPE = "pairfilter_dagster.ImagePairSimilarityFilter"
 PROJECT_MODULE = "pairfilter_two_datasets"
 SHARDS = ["pairs.jsonl", "more/edge_cases.jsonl"]  # the bundled manifests, as paths relative to raw/
-ASSET_NAMES = {"raw_samples", "image_pair_stats", "filtered_samples", "similarity_report"}
+ASSET_NAMES = {"raw_samples", "image_pair_stats", "filtered_samples", "similarity_report", "image_embeddings"}
 CHECKS = {
     "image_pair_stats:scores_finite_and_in_range", "image_pair_stats:one_row_per_sample",
     "filtered_samples:kept_samples_satisfy_config", "filtered_samples:every_sample_accounted_for",
     "filtered_samples:every_manifest_readable",
+    "image_embeddings:embeddings_align_with_metadata",
 }
 JOBS = {"shard_job", "dataset_job", "pairfilter_job"}
 # Two instances over two copies of the bundled data. The tiny random CLIP scores every bundled pair above 0.9, so
@@ -207,7 +208,8 @@ def test_dg_checks_and_lists_two_instances_side_by_side(two_datasets_project):
         assert [s["name"] for s in listed["sensors"] if s["name"].startswith(f"{name}__")] == [
             f"{name}__pairfilter_new_manifests"]
     # Nothing else: every definition of the code location belongs to one of the two instances.
-    assert len(listed["assets"]) == 8 and len(listed["asset_checks"]) == 2 * len(CHECKS) and len(listed["jobs"]) == 6
+    assert len(listed["assets"]) == 2 * len(ASSET_NAMES) and len(listed["asset_checks"]) == 2 * len(CHECKS)
+    assert len(listed["jobs"]) == 6
     assert len(listed["schedules"]) == 2 and len(listed["sensors"]) == 2
     assert {r["name"] for r in listed["resources"]} == {"a_clip", "a_storage", "b_clip", "b_storage"}
 
@@ -293,6 +295,25 @@ def test_two_instances_materialize_side_by_side_each_with_its_own_thresholds(two
         line["id"] for line in a_lines
         if all(b_range["min_score"] <= s <= b_range["max_score"] for s in line["__dj__stats__"]["image_pair_similarity"])
     ]
+
+
+def test_yaml_thresholds_by_share_are_the_instances_default_and_bad_ones_are_refused(tmp_path, tiny_clip_dir):
+    module = "pairfilter_shares"
+    good = write_dg_project(tmp_path / "good", module, {"top": {"hf_clip": str(tiny_clip_dir), "keep_top_fraction": 0.3,
+                                                                 "asset_key_prefix": ["top"]}})
+    bad = write_dg_project(tmp_path / "bad", module, {"both": {"keep_top_fraction": 0.3, "min_score": 0.5}})
+    checked, refused = run_dg_together(["check", "defs"], cwd=good, pythonpath=good), run_dg("check", "defs", cwd=bad,
+                                                                                             pythonpath=bad)
+    (checked,) = checked
+    assert checked.returncode == 0, checked.stdout[-3000:] + checked.stderr[-3000:]
+    assert refused.returncode != 0
+    assert "keep_top_fraction, min_score, max_score: keep a share of the data or give bounds" in refused.stdout + refused.stderr
+    try:
+        defs = import_definitions(good, module)()
+    finally:
+        forget_project(good, module)
+    fields = defs.resolve_assets_def(dg.AssetKey(["top", "filtered_samples"])).op.config_schema.config_type.fields
+    assert fields["keep_top_fraction"].default_value == 0.3 and fields["min_score"].default_value == 0.1
 
 
 def test_relative_data_dir_resolves_against_the_yaml_folder_not_the_cwd(two_datasets_project, load_two_datasets,

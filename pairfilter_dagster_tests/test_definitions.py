@@ -32,14 +32,19 @@ def test_definitions_load_without_torch_or_transformers():
 def test_assets_lineage_checks_and_resources_are_wired():
     graph = defs.resolve_asset_graph()
     keys = {key.to_user_string() for key in graph.get_all_asset_keys()}
-    assert keys == {"raw_samples", "image_pair_stats", "filtered_samples", "similarity_report"}
+    assert keys == {"raw_samples", "image_pair_stats", "filtered_samples", "similarity_report", "image_embeddings"}
     assert graph.get(dg.AssetKey("image_pair_stats")).parent_keys == {dg.AssetKey("raw_samples")}
     assert graph.get(dg.AssetKey("filtered_samples")).parent_keys == {dg.AssetKey("image_pair_stats")}
     assert graph.get(dg.AssetKey("similarity_report")).parent_keys == {
         dg.AssetKey("image_pair_stats"), dg.AssetKey("filtered_samples")}
+    assert graph.get(dg.AssetKey("image_embeddings")).parent_keys == {dg.AssetKey("image_pair_stats")}
     checks = {key.name for key in graph.asset_check_keys}
     assert checks == {"scores_finite_and_in_range", "one_row_per_sample", "kept_samples_satisfy_config",
-                      "every_sample_accounted_for", "every_manifest_readable"}
+                      "every_sample_accounted_for", "every_manifest_readable",
+                      "embeddings_align_with_metadata"}
+    shard_job = defs.resolve_job_def("shard_job")
+    assert {key.to_user_string() for key in shard_job.asset_layer.selected_asset_keys} == {
+        "raw_samples", "image_pair_stats", "image_embeddings"}
     job = defs.resolve_job_def("pairfilter_job")
     assert {key.to_user_string() for key in job.asset_layer.selected_asset_keys} == keys
     assert set(defs.resources) == {"clip", "storage"}

@@ -325,9 +325,10 @@ def test_the_requested_runs_run(daemon, instance, tiny_clip_dir):
 
     (all_shards,) = daemon.tick().run_requests
     result = execute(all_shards, instance, data_dir, tiny_clip_dir)
-    assert materialized(result) == {"raw_samples": BUNDLED_SHARDS, "image_pair_stats": BUNDLED_SHARDS}
+    assert materialized(result) == {"raw_samples": BUNDLED_SHARDS, "image_pair_stats": BUNDLED_SHARDS,
+                                    "image_embeddings": BUNDLED_SHARDS}
     assert {e.check_name for e in result.get_asset_check_evaluations()} == {
-        "scores_finite_and_in_range", "one_row_per_sample"}
+        "scores_finite_and_in_range", "one_row_per_sample", "embeddings_align_with_metadata"}
     assert instance.get_run_by_id(result.run_id).status == dg.DagsterRunStatus.SUCCESS
 
     (dataset,) = daemon.tick().run_requests
@@ -345,7 +346,8 @@ def test_the_requested_runs_run(daemon, instance, tiny_clip_dir):
     write_manifest(data_dir / "raw" / "new.jsonl", [NEW_SAMPLE])
     (new_shard,) = daemon.tick().run_requests
     result = execute(new_shard, instance, data_dir, tiny_clip_dir)
-    assert materialized(result) == {"raw_samples": ["new.jsonl"], "image_pair_stats": ["new.jsonl"]}
+    assert materialized(result) == {"raw_samples": ["new.jsonl"], "image_pair_stats": ["new.jsonl"],
+                                    "image_embeddings": ["new.jsonl"]}
     stats = result.asset_materializations_for_node("image_pair_stats")[0].metadata
     assert (stats["dagster/row_count"].value, stats["status_ok"].value) == (1, 1)
 

@@ -24,13 +24,15 @@ ASSETS = {
     "image_pair_stats": ["raw_samples"],
     "filtered_samples": ["image_pair_stats"],
     "similarity_report": ["filtered_samples", "image_pair_stats"],
+    "image_embeddings": ["image_pair_stats"],
 }
-SHARD_ASSETS = ["raw_samples", "image_pair_stats"]
+SHARD_ASSETS = ["raw_samples", "image_pair_stats", "image_embeddings"]
 BUNDLED_SHARDS = ["more/edge_cases.jsonl", "pairs.jsonl"]
 SHARDS = "manifest_shards"
 RANGE_START, RANGE_END = "dagster/asset_partition_range_start", "dagster/asset_partition_range_end"
 CHECKS = {"scores_finite_and_in_range": True, "one_row_per_sample": True, "kept_samples_satisfy_config": True,
-          "every_sample_accounted_for": True, "every_manifest_readable": True}
+          "every_sample_accounted_for": True, "every_manifest_readable": True,
+          "embeddings_align_with_metadata": True}
 THRESHOLDS = {"min_score": 0.2, "max_score": 0.95}
 SENSOR = "pairfilter_new_manifests"
 RUN_TIMEOUT = 240
@@ -224,6 +226,7 @@ def test_a_backfill_over_all_shards_is_one_run_of_them_then_the_dataset(server, 
     by_asset = {asset: [run for run in backfill["runs"] if materializations(run, asset)] for asset in ASSETS}
     (shard_run,) = by_asset["raw_samples"]
     assert by_asset["image_pair_stats"] == [shard_run]  # one run scored every shard: the model loaded once
+    assert by_asset["image_embeddings"] == [shard_run]
     assert (tags_of(shard_run)[RANGE_START], tags_of(shard_run)[RANGE_END]) == (shards[0], shards[-1])
     for asset in SHARD_ASSETS:
         assert [m["partition"] for m in materializations(shard_run, asset)] == sorted(shards)
@@ -413,7 +416,7 @@ def test_browser_shows_the_graph_the_shards_the_stats_metadata_and_the_report_pi
         # "Materialize all" offers a backfill over the shards ("All" of them; the backfill test launches one).
         page.get_by_role("button", name="Materialize all").click()
         dialog = page.get_by_role("dialog")
-        expect(dialog.get_by_text("Launch runs to materialize 4 assets")).to_be_visible()
+        expect(dialog.get_by_text(f"Launch runs to materialize {len(ASSETS)} assets")).to_be_visible()
         dialog.get_by_role("button", name="All", exact=True).click()
         expect(dialog.get_by_text(f"{len(shard_partitions(server))} partitions", exact=True)).to_be_visible()
         expect(dialog.get_by_role("button", name="Launch backfill")).to_be_enabled()

@@ -33,6 +33,12 @@ def distinct_images(conn: duckdb.DuckDBPyConnection, shards: Shards) -> int:
     return scalar(conn, f"SELECT count(DISTINCT h) FROM (FROM {STATS} {where}), unnest(image_hashes) AS t(h) WHERE h <> ''", params)
 
 
+def distinct_ok_images(conn: duckdb.DuckDBPyConnection, shard: str) -> int:
+    """Distinct images (by content) of a shard's ok samples: the rows its exported embeddings should hold."""
+    return scalar(conn, f"SELECT count(DISTINCT h) FROM {STATS}, unnest(image_hashes) AS t(h) "
+                        f"WHERE manifest = ? AND status = {OK}", [shard])
+
+
 def bad_scores(conn: duckdb.DuckDBPyConnection, shards: Shards) -> tuple[list[tuple], int]:
     """(sample id, score) of every score that is not finite or lies outside [-1, 1]; and how many ok samples lack
     one score per image pair (or have no pair at all)."""

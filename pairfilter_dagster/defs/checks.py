@@ -1,4 +1,5 @@
-"""Asset checks: the stats table is sane and complete; the filtered dataset obeys the thresholds it was built with.
+"""Asset checks: the stats table is sane and complete; the filtered dataset obeys the thresholds it was built with;
+the exported embeddings line up with their metadata.
 
 All are blocking: a bad stats table never reaches the filtered dataset. The stats checks look at the shards of the
 run they belong to (one, or every shard of a backfill); the filtered dataset's checks look at every shard."""
@@ -9,6 +10,7 @@ from typing import Any
 import dagster as dg
 
 from ..core import queries
+from ..core.embedding.export import exported_rows
 from ..core.filtering import keep_sample
 from ..core.ingest.manifests import count_lines
 from ..core.schema import DJ_STATS_FIELD, SIMILARITY_STAT, Status
@@ -17,8 +19,8 @@ from .metadata import status_count_metadata
 from .spec import PipelineSpec
 
 
-def build_checks(spec: PipelineSpec, image_pair_stats: dg.AssetsDefinition,
-                 filtered_samples: dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]:
+def build_checks(spec: PipelineSpec, image_pair_stats: dg.AssetsDefinition, filtered_samples: dg.AssetsDefinition,
+                 image_embeddings: dg.AssetsDefinition) -> list[dg.AssetChecksDefinition]:
     raw_key, stats_key, filtered_key = (spec.key(n) for n in ("raw_samples", "image_pair_stats", "filtered_samples"))
     blocking_on_storage: dict[str, Any] = dict(blocking=True, required_resource_keys={spec.storage_key})
 
@@ -157,5 +159,26 @@ def build_checks(spec: PipelineSpec, image_pair_stats: dg.AssetsDefinition,
             metadata={"unreadable": dg.MetadataValue.json(problems)},
         )
 
+    @dg.asset_check(
+        asset=image_embeddings,
+        **blocking_on_storage,
+        additional_deps=[stats_key],
+        description="For each of the run's shards: the npy file holds as many rows as its metadata parquet, and as "
+        "many as the shard's ok samples have distinct images in the stats table.",
+    )
+    def embeddings_align_with_metadata(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
+        storage = spec.storage_of(context)
+        with storage.connect(read_only=True) as conn:
+            expected = {shard: queries.distinct_ok_images(conn, shard) for shard in context.partition_keys}
+        found = {shard: exported_rows(storage.embeddings_dir, shard) for shard in expected}
+        rows = {shard: {"npy_rows": shape[0] if shape else None, "parquet_rows": parquet, "images": expected[shard]}
+                for shard, (shape, parquet) in found.items()}
+        misaligned = sorted(shard for shard, n in rows.items() if not (n["npy_rows"] == n["parquet_rows"] == n["images"]))
+        return dg.AssetCheckResult(
+            passed=not misaligned,
+            description=f"files missing or not aligned: {', '.join(misaligned)}" if misaligned else None,
+            metadata={"misaligned_shards": dg.MetadataValue.json(misaligned), "rows": dg.MetadataValue.json(rows)},
+        )
+
     return [scores_finite_and_in_range, one_row_per_sample, kept_samples_satisfy_config, every_sample_accounted_for,
-            every_manifest_readable]
+            every_manifest_readable, embeddings_align_with_metadata]

@@ -1,4 +1,4 @@
-"""Everything one pipeline instance defines, built from its `PipelineSpec`: the four assets, their checks, the
+"""Everything one pipeline instance defines, built from its `PipelineSpec`: the five assets, their checks, the
 jobs, the schedule, the sensor and the two resources."""
 
 from dataclasses import dataclass
@@ -7,6 +7,7 @@ import dagster as dg
 
 from .assets import build_assets
 from .checks import build_checks
+from .embeddings import build_embeddings_asset
 from .jobs import PipelineJobs, build_jobs
 from .report import build_report_asset
 from .schedules import build_schedule
@@ -21,6 +22,7 @@ class Pipeline:
     image_pair_stats: dg.AssetsDefinition
     filtered_samples: dg.AssetsDefinition
     similarity_report: dg.AssetsDefinition
+    image_embeddings: dg.AssetsDefinition
     checks: list[dg.AssetChecksDefinition]
     jobs: PipelineJobs
     schedule: dg.ScheduleDefinition
@@ -28,7 +30,8 @@ class Pipeline:
 
     @property
     def assets(self) -> list[dg.AssetsDefinition]:
-        return [self.raw_samples, self.image_pair_stats, self.filtered_samples, self.similarity_report]
+        return [self.raw_samples, self.image_pair_stats, self.filtered_samples, self.similarity_report,
+                self.image_embeddings]
 
     @property
     def resources(self) -> dict[str, dg.ConfigurableResource]:
@@ -45,14 +48,16 @@ def build_pipeline(spec: PipelineSpec | None = None) -> Pipeline:
     spec = spec or PipelineSpec()
     raw_samples, image_pair_stats, filtered_samples = build_assets(spec)
     similarity_report = build_report_asset(spec, image_pair_stats, filtered_samples)
-    jobs = build_jobs(spec, raw_samples, image_pair_stats, filtered_samples, similarity_report)
+    image_embeddings = build_embeddings_asset(spec, image_pair_stats)
+    jobs = build_jobs(spec, raw_samples, image_pair_stats, filtered_samples, similarity_report, image_embeddings)
     return Pipeline(
         spec=spec,
         raw_samples=raw_samples,
         image_pair_stats=image_pair_stats,
         filtered_samples=filtered_samples,
         similarity_report=similarity_report,
-        checks=build_checks(spec, image_pair_stats, filtered_samples),
+        image_embeddings=image_embeddings,
+        checks=build_checks(spec, image_pair_stats, filtered_samples, image_embeddings),
         jobs=jobs,
         schedule=build_schedule(spec, jobs),
         sensor=build_sensor(spec, jobs),

@@ -201,6 +201,10 @@ class PairfilterStorage(dg.ConfigurableResource):
     def report_dir(self) -> Path:
         return self.root / "output" / "report"
 
+    @property
+    def embeddings_dir(self) -> Path:
+        return self.root / "output" / "embeddings"
+
     def check_data_dir(self) -> None:
         """Refuse a data folder that does not exist (a typo would otherwise make an empty dataset and succeed)."""
         if not self.root.is_dir():

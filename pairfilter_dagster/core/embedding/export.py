@@ -1,0 +1,152 @@
+"""The embeddings a run computed, handed on to the next job (dedup, retrieval, clustering) in clip-retrieval's layout:
+`img_emb/img_emb_<name>.npy` (float32 unit vectors, one row per distinct image of a shard's ok samples, in the order
+they first appear) and `metadata/metadata_<name>.parquet` aligned with it row for row. Read from the embedding cache:
+no model runs.
+
+A shard's key is its manifest's path relative to raw/ (`more/b.jsonl`), which is no file name: `<name>` is the key
+with every character outside `[A-Za-z0-9._-]` (the `/` above all) turned into `_` and the `.jsonl` dropped, then `-`
+and the first 8 hex digits of the key's sha256, so that `more/b.jsonl` and `more_b.jsonl` never share a file
+(`more_b-<8 hex>`). The metadata's `shard` column holds the key itself."""
+
+import hashlib
+import io
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+
+from ..publish import StagedFile, staged_file
+from ..queries import OK, STATS
+from ..store import scalar
+from .cache import CACHE_TABLE
+
+IMG_EMB, METADATA = "img_emb", "metadata"
+METADATA_COLUMNS = ("content_hash", "image_path", "sample_id", "shard", "model", "model_key")
+CHUNK_ROWS = 10_000
+
+FIRST_SEEN = f"""
+WITH refs AS (
+    SELECT unnest(image_hashes) AS content_hash, unnest(images) AS image_path,
+           generate_subscripts(images, 1) AS position, sample_id, line_number
+    FROM {STATS} WHERE manifest = ? AND status = {OK}
+)
+SELECT content_hash, image_path, sample_id, line_number, position FROM refs
+QUALIFY row_number() OVER (PARTITION BY content_hash ORDER BY line_number, position) = 1"""
+"""Each distinct image of a shard's ok samples once: the first path it was seen at, and the first sample."""
+
+
+def shard_file_name(shard: str) -> str:
+    readable = re.sub(r"[^A-Za-z0-9._-]", "_", shard.removesuffix(".jsonl"))
+    return f"{readable}-{hashlib.sha256(shard.encode()).hexdigest()[:8]}"
+
+
+@dataclass(frozen=True)
+class ExportedShard:
+    shard: str
+    img_emb: Path
+    metadata: Path
+    rows: int
+    dimension: int
+
+
+class StagedSink(io.RawIOBase):
+    """A write-only file object over a `StagedFile`, for writers that want one (pyarrow's ParquetWriter)."""
+
+    def __init__(self, staged: StagedFile) -> None:
+        super().__init__()
+        self.staged = staged
+        self.position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self.staged.write(chunk)
+        self.position += len(chunk)
+        return len(chunk)
+
+    def tell(self) -> int:
+        return self.position
+
+
+def npy_header(rows: int, dimension: int) -> bytes:
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": "<f4", "fortran_order": False, "shape": (rows, dimension)})
+    return header.getvalue()
+
+
+def shard_paths(directory: Path, shard: str) -> tuple[Path, Path]:
+    name = shard_file_name(shard)
+    return directory / IMG_EMB / f"img_emb_{name}.npy", directory / METADATA / f"metadata_{name}.parquet"
+
+
+def full_model_key(conn: duckdb.DuckDBPyConnection, recorded: str) -> str:
+    """The cache's model key that the recorded one (the stats metadata shows its first 16 characters) starts
+    with."""
+    found = [row[0] for row in conn.execute(
+        f"SELECT DISTINCT model_key FROM {CACHE_TABLE} WHERE starts_with(model_key, ?)", [recorded]).fetchall()]
+    if len(found) != 1:
+        raise LookupError(f"the embedding cache holds {len(found)} models whose key starts with {recorded!r}, not one: "
+                          "materialize image_pair_stats for the shard again")
+    return found[0]
+
+
+def export_shard(conn: duckdb.DuckDBPyConnection, shard: str, *, model: str, model_key: str, directory: Path,
+                 chunk_rows: int = CHUNK_ROWS) -> ExportedShard:
+    """Write one shard's two files, chunk by chunk; each is staged and both are published (npy first) only once
+    both are whole, so a failure leaves the previous pair as it was."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    images = f"FROM ({FIRST_SEEN}) f LEFT JOIN {CACHE_TABLE} c ON c.content_hash = f.content_hash AND c.model_key = ?"
+    params = [shard, model_key]
+    rows, missing, dimension = conn.execute(
+        f"SELECT count(*), count(*) FILTER (c.embedding IS NULL), coalesce(max(octet_length(c.embedding)) // 4, 0) "
+        f"{images}", params).fetchone() or (0, 0, 0)
+    if missing:
+        raise LookupError(f"shard {shard!r}: {missing} of its {rows} images have no embedding in the cache for model "
+                          f"{model_key[:16]}: materialize image_pair_stats for the shard again")
+    if not rows:
+        dimension = scalar(conn, f"SELECT coalesce(max(octet_length(embedding)) // 4, 0) FROM {CACHE_TABLE} "
+                                 "WHERE model_key = ?", [model_key])
+    img_emb, metadata = shard_paths(directory, shard)
+    schema = pa.schema([(name, pa.string()) for name in METADATA_COLUMNS])
+    result = conn.execute(f"SELECT f.content_hash, f.image_path, f.sample_id, c.embedding {images} "
+                          "ORDER BY f.line_number, f.position", params)
+    with staged_file(img_emb) as npy, staged_file(metadata) as parquet:
+        npy.write(npy_header(rows, dimension))
+        with pq.ParquetWriter(StagedSink(parquet), schema) as writer:
+            while chunk := result.fetchmany(chunk_rows):
+                hashes, paths, sample_ids, blobs = zip(*chunk)
+                vectors = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(chunk), dimension)
+                npy.write(vectors.tobytes())
+                columns: dict[str, Any] = {"content_hash": hashes, "image_path": paths, "sample_id": sample_ids,
+                                           "shard": [shard] * len(chunk), "model": [model] * len(chunk),
+                                           "model_key": [model_key] * len(chunk)}
+                writer.write_table(pa.table({name: list(columns[name]) for name in METADATA_COLUMNS}, schema=schema))
+        npy.publish()
+        parquet.publish()
+    return ExportedShard(shard, img_emb, metadata, rows, dimension)
+
+
+def exported_rows(directory: Path, shard: str) -> tuple[tuple[int, ...] | None, int | None]:
+    """(shape of the npy array, rows of the parquet file) of a shard's files as they are on disk, from their headers;
+    None for a file that is missing, or an npy file whose length does not match its header."""
+    import pyarrow.parquet as pq
+
+    img_emb, metadata = shard_paths(directory, shard)
+    return (npy_shape(img_emb) if img_emb.is_file() else None,
+            pq.read_metadata(metadata).num_rows if metadata.is_file() else None)
+
+
+def npy_shape(path: Path) -> tuple[int, ...] | None:
+    with open(path, "rb") as handle:
+        version = np.lib.format.read_magic(handle)
+        read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, dtype = read_header(handle)
+        whole = handle.tell() + int(np.prod(shape)) * dtype.itemsize == path.stat().st_size
+    return tuple(shape) if whole else None
