@@ -29,7 +29,8 @@ from pairfilter_dagster.core import stages, store
 from pairfilter_dagster.core.embedding.local import LocalEngine
 from pairfilter_dagster.core.embedding.model import ClipEmbedder, ModelSpec
 from pairfilter_dagster.core.images import decode_rgb
-from pairfilter_dagster.core.ingest.samples import SampleRules, read_samples
+from pairfilter_dagster.core.ingest.formats import read_samples
+from pairfilter_dagster.core.ingest.samples import SampleRules
 from pairfilter_dagster.core.schema import StatsRow, Status
 from pairfilter_dagster.core.scoring import chunked
 from pairfilter_dagster.testing import distinct_photos, write_clip_checkpoint

@@ -49,7 +49,8 @@ def write_manifest(path: Path, samples: list) -> Path:
 def read_samples_with_photos(raw_dir: Path, pairing: str = "exactly_two") -> list:
     """Samples of the manifests under `raw_dir`, with the repo's photos allowed as an extra image root (tests
     refer to them by absolute path; by default only the data folder above `raw_dir` is allowed)."""
-    from pairfilter_dagster.core.ingest.samples import SampleRules, read_samples
+    from pairfilter_dagster.core.ingest.formats import read_samples
+    from pairfilter_dagster.core.ingest.samples import SampleRules
 
     rules = SampleRules.for_data_dir(raw_dir.parent, [str(raw_dir.parent), str(PHOTOS)], pairing)
     return list(read_samples(raw_dir, rules))

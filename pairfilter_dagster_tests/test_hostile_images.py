@@ -16,7 +16,8 @@ from PIL import Image
 from pairfilter_dagster.core.embedding.cache import MemoryCache
 from pairfilter_dagster.core.embedding.local import LocalEngine
 from pairfilter_dagster.core.images import ImageAccess, inspect_image_file
-from pairfilter_dagster.core.ingest.samples import SampleRules, read_samples
+from pairfilter_dagster.core.ingest.formats import read_samples
+from pairfilter_dagster.core.ingest.samples import SampleRules
 from pairfilter_dagster.core.schema import Status
 from pairfilter_dagster.core.scoring import PairScorer
 from pairfilter_dagster.testing import PHOTOS
@@ -34,7 +35,8 @@ def scored(data: Path, tiny_clip_dir: Path, *, memory_bytes: int = CAP) -> dict[
 import json
 from pairfilter_dagster.core.embedding.model import ClipEmbedder, ModelSpec
 from pairfilter_dagster.core.images import ImageAccess
-from pairfilter_dagster.core.ingest.samples import SampleRules, read_samples
+from pairfilter_dagster.core.ingest.formats import read_samples
+from pairfilter_dagster.core.ingest.samples import SampleRules
 from pairfilter_dagster.core.scoring import score_samples
 rules = SampleRules.for_data_dir({str(data)!r})
 embedder = ClipEmbedder.load(ModelSpec({str(tiny_clip_dir)!r}, device="cpu"))
@@ -102,7 +104,8 @@ def test_thousands_of_images_in_one_line_are_refused_before_any_pair_is_built(tm
     raw = tmp_path / "data" / "raw"
     write_manifest(raw / "m.jsonl", [{"images": [f"img{i}.jpg" for i in range(5000)]}, {"images": ["a.jpg", "b.jpg"]}])
     done = python(f"""
-from pairfilter_dagster.core.ingest.samples import SampleRules, read_samples
+from pairfilter_dagster.core.ingest.formats import read_samples
+from pairfilter_dagster.core.ingest.samples import SampleRules
 rules = SampleRules.for_data_dir({str(raw.parent)!r}, pairing="all_pairs")
 for sample in read_samples({str(raw)!r}, rules):
     print(sample.status.value, len(sample.image_pairs), sample.error)""", memory_bytes=1024 * 2**20, timeout=60)
@@ -122,7 +125,7 @@ def test_a_line_that_never_ends_is_refused_without_holding_it_and_the_next_line_
         handle.write(b'"]}\n{"images": ["a.jpg", "b.jpg"]}\n')  # ...then one good line
     done = python(f"""
 from pairfilter_dagster.core.ingest.manifests import count_lines
-from pairfilter_dagster.core.ingest.samples import read_samples
+from pairfilter_dagster.core.ingest.formats import read_samples
 for sample in read_samples({str(manifest.parent)!r}):
     print(sample.sample_id, sample.status.value, len(sample.sample_json), sample.error)
 print(count_lines({str(manifest)!r}))""", memory_bytes=1024 * 2**20, timeout=120)

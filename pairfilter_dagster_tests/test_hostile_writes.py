@@ -98,12 +98,13 @@ def test_a_full_disk_fails_the_write_keeps_the_previous_file_and_leaves_the_disk
     free = os.statvfs(tiny_output_disk)
     filler.write_bytes(b"x" * (free.f_bavail * free.f_frsize - 512))  # leaves less than the new file needs
     free_before = os.statvfs(tiny_output_disk).f_bavail
+    files_before = sorted(str(p.relative_to(tiny_output_disk)) for p in tiny_output_disk.rglob("*"))
     result = run([ASSETS[2]], bundled_data_dir, tiny_clip_dir, {"min_score": 0.0}, raise_on_error=False)
     assert not result.success
     step, error = step_failure(result)
     assert step == "filtered_samples" and "No space left on device" in error
     assert (tiny_output_disk / "filtered_samples.jsonl").read_bytes() == before
-    assert sorted(p.name for p in tiny_output_disk.iterdir()) == ["filler", "filtered_samples.jsonl"]
+    assert sorted(str(p.relative_to(tiny_output_disk)) for p in tiny_output_disk.rglob("*")) == files_before
     assert os.statvfs(tiny_output_disk).f_bavail == free_before
     assert query(bundled_data_dir, "SELECT count(*) FROM filtered_samples") == [(len(before.splitlines()),)]
 

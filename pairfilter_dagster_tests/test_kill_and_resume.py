@@ -18,7 +18,7 @@ from pathlib import Path
 from pairfilter_dagster.core import stages, store
 from pairfilter_dagster.core.embedding.local import LocalEngine
 from pairfilter_dagster.core.embedding.model import ClipEmbedder, ModelSpec
-from pairfilter_dagster.core.ingest.samples import read_samples
+from pairfilter_dagster.core.ingest.formats import read_samples
 
 clip, data, kill_after = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
 embedder = ClipEmbedder.load(ModelSpec(clip, device="cpu"))

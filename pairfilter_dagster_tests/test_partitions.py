@@ -12,7 +12,8 @@ import pytest
 from pairfilter_dagster.core import stages, store
 from pairfilter_dagster.core.embedding.local import LocalEngine
 from pairfilter_dagster.core.filtering import FilterSettings
-from pairfilter_dagster.core.ingest.samples import SampleRules, read_samples
+from pairfilter_dagster.core.ingest.formats import read_samples
+from pairfilter_dagster.core.ingest.samples import SampleRules
 from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage
 
 from .conftest import write_manifest

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from pairfilter_dagster.core.filtering import FilterSettings
-from pairfilter_dagster.core.ingest.samples import read_samples
+from pairfilter_dagster.core.ingest.formats import read_samples
 from pairfilter_dagster.core.report.pictures import (
     DROP_COLOR,
     LINE_BAND,

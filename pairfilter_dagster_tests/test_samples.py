@@ -2,8 +2,9 @@ import json
 
 import pytest
 
+from pairfilter_dagster.core.ingest.formats import read_samples
 from pairfilter_dagster.core.ingest.manifests import count_lines, list_shards
-from pairfilter_dagster.core.ingest.samples import SampleRules, read_samples
+from pairfilter_dagster.core.ingest.samples import SampleRules
 from pairfilter_dagster.core.schema import Status
 from pairfilter_dagster.testing import PHOTOS
 

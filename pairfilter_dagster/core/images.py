@@ -16,6 +16,7 @@ from typing import Sequence
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .image_refs import MemberRef, parse_member_ref, read_member
 from .schema import Status
 
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
@@ -39,6 +40,8 @@ class ImageAccess:
     max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
+    image_column: str = "images"
+    """The Parquet column that holds the images (items referenced as `parquet:...`, see `image_refs`)."""
 
 
 @dataclass(frozen=True)
@@ -70,7 +73,11 @@ def is_within(real_path: str, roots: Sequence[str]) -> bool:
 
 
 def read_image_bytes(path: str, access: ImageAccess = ImageAccess()) -> bytes:
-    """The file's bytes, read from one open file that passed every check; raises `ImageRefused`."""
+    """The file's bytes, read from one open file that passed every check (or, for an image held in a shard, its
+    bytes there); raises `ImageRefused`."""
+    member = parse_member_ref(path)
+    if member is not None:
+        return read_held_image(member, access)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
@@ -98,6 +105,20 @@ def read_image_bytes(path: str, access: ImageAccess = ImageAccess()) -> bytes:
         raise ImageRefused(Status.IMAGE_TOO_LARGE, too_many_bytes(path, len(data), access))
     if not data:
         raise ImageRefused(Status.UNREADABLE_IMAGE, f"image file is empty: {path}")
+    return data
+
+
+def read_held_image(member: MemberRef, access: ImageAccess) -> bytes:
+    try:
+        data = read_member(member, access.max_bytes, access.image_column)
+    except (OSError, LookupError) as exc:
+        raise ImageRefused(Status.UNREADABLE_IMAGE, f"cannot read {member}: {exc}") from None
+    except Exception as exc:  # pyarrow raises its own types for a damaged file
+        raise ImageRefused(Status.UNREADABLE_IMAGE, f"cannot read {member}: {type(exc).__name__}: {exc}") from None
+    if len(data) > access.max_bytes:
+        raise ImageRefused(Status.IMAGE_TOO_LARGE, too_many_bytes(str(member), len(data), access))
+    if not data:
+        raise ImageRefused(Status.UNREADABLE_IMAGE, f"image is empty: {member}")
     return data
 
 

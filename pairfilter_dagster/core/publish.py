@@ -12,6 +12,7 @@ longer than that."""
 
 import functools
 import hashlib
+import io
 import json
 import os
 import secrets
@@ -134,6 +135,27 @@ class StagedFile:
             pass
         finally:
             self.temp_path.unlink(missing_ok=True)
+
+
+class StagedSink(io.RawIOBase):
+    """A write-only file object over a `StagedFile`, for writers that want one (pyarrow's ParquetWriter, tarfile)."""
+
+    def __init__(self, staged: StagedFile) -> None:
+        super().__init__()
+        self.staged = staged
+        self.position = 0
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        chunk = bytes(data)
+        self.staged.write(chunk)
+        self.position += len(chunk)
+        return len(chunk)
+
+    def tell(self) -> int:
+        return self.position
 
 
 @contextmanager

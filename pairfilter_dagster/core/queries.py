@@ -74,13 +74,14 @@ def stats_match_samples(conn: duckdb.DuckDBPyConnection, shards: Shards) -> RowM
     return RowMatch(ingested, stats_rows, distinct_ids, unmatched)
 
 
-def kept_with_status(conn: duckdb.DuckDBPyConnection) -> list[tuple[str, Status | None]]:
-    """(sample id, stats status) of every kept sample, in input order."""
+def kept_with_status(conn: duckdb.DuckDBPyConnection) -> list[tuple[str, str, Status | None, list[float]]]:
+    """(sample id, shard, stats status, scores) of every kept sample, in input order."""
     rows = conn.execute(
-        f"SELECT f.sample_id, s.status FROM {FILTERED} f LEFT JOIN {STATS} s USING (sample_id) "
-        "ORDER BY f.manifest, f.line_number"
+        f"SELECT f.sample_id, f.manifest, s.status, f.image_pair_similarity FROM {FILTERED} f "
+        f"LEFT JOIN {STATS} s USING (sample_id) ORDER BY f.manifest, f.line_number"
     ).fetchall()
-    return [(sample_id, Status(status) if status in Status._value2member_map_ else None) for sample_id, status in rows]
+    return [(sample_id, shard, Status(status) if status in Status._value2member_map_ else None, scores)
+            for sample_id, shard, status, scores in rows]
 
 
 @dataclass(frozen=True)

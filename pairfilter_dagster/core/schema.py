@@ -90,9 +90,9 @@ def pairs_column() -> Any:
 class SampleKey:
     """The columns every table starts with: which manifest line a row is about."""
 
-    sample_id: str = column("VARCHAR", "`<manifest path relative to raw/>:<1-based line number>`")
-    manifest: str = column("VARCHAR", "manifest path relative to raw/: the shard, and the partition key in Dagster")
-    line_number: int = column("INTEGER", "1-based line number in the manifest")
+    sample_id: str = column("VARCHAR", "`<shard path relative to raw/>:<line number, row number, or tar key>`")
+    manifest: str = column("VARCHAR", "shard path relative to raw/ (a manifest, Parquet or tar file): the partition key")
+    line_number: int = column("INTEGER", "1-based line (JSONL), row (Parquet) or sample (tar) number in the shard")
 
 
 @dataclass(frozen=True, kw_only=True)

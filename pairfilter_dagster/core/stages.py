@@ -17,6 +17,7 @@ from .embedding.engine import EmbeddingEngine
 from .embedding.model import ClipEmbedder
 from .filtering import FilterSettings, keep_row
 from .images import ImageAccess
+from .ingest.formats import shard_format
 from .ingest.manifests import ShardListing
 from .progress import ProgressCallback
 from .schema import FilteredRow, Sample, StatsRow, Status, column_names
@@ -82,10 +83,11 @@ def filter_and_publish(
     raw_dir: Path,
     chunk_size: int = TABLE_CHUNK_SIZE,
 ) -> FilterCounts:
-    """Keep the samples of `image_pair_stats` that pass `settings`: the `filtered_samples` table and the JSONL
-    file, both replaced whole; the lines' image paths, relative to their manifest in `raw_dir`, are rewritten
-    relative to the file's folder. The file is renamed into place after the table commits; the commit records that
-    rename, so that a kill between the two is completed by the next connection (`publish.complete_pending`)."""
+    """Keep the samples of `image_pair_stats` that pass `settings`: the `filtered_samples` table (every shard) and
+    the whole-dataset JSONL (the samples of JSONL shards), both replaced whole; the lines' image paths, relative to
+    their manifest in `raw_dir`, are rewritten relative to the file's folder. The file is renamed into place after
+    the table commits; the commit records that rename, so that a kill between the two is completed by the next
+    connection (`publish.complete_pending`)."""
     if settings.unresolved:
         raise ValueError(f"{settings.share}: resolve the share of the data to bounds first (share.resolve_share)")
     counts = FilterCounts()
@@ -95,7 +97,7 @@ def filter_and_publish(
             for rows in store.read_rows(conn.cursor(), StatsRow, chunk_size=chunk_size, only=FILTER_READS):
                 kept = [publish.filtered_row(row, raw_dir, jsonl_path.parent) for row in rows if keep_row(row, settings)]
                 table.write(kept)
-                jsonl.write_lines([row.sample_json for row in kept])
+                jsonl.write_lines([row.sample_json for row in kept if shard_format(row.manifest) == "jsonl"])
                 counts.total += len(rows)
                 counts.scored += sum(row.status is Status.OK for row in rows)
                 counts.kept += len(kept)

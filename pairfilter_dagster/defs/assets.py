@@ -9,8 +9,9 @@ import dagster as dg
 
 from ..core import queries, stages, store
 from ..core.filtering import FilterSettings
-from ..core.ingest.manifests import count_lines, unreadable_message
-from ..core.ingest.samples import read_shards
+from ..core.ingest.formats import count_records, read_shards, shard_format
+from ..core.ingest.manifests import unreadable_message
+from ..core.kept_outputs import KEPT_FOLDER, remove_kept_of, write_kept_outputs
 from ..core.progress import progress_logger
 from ..core.report.summary import markdown_table
 from ..core.schema import FilteredRow, Sample, StatsRow
@@ -70,9 +71,10 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
         kinds={"duckdb", "json"},
         code_version="1",
         metadata=table_metadata(Sample),
-        description="Data-Juicer samples of one shard: the manifest `<data>/raw/<partition key>` (any `*.jsonl` "
-        "under raw/, subfolders included), one row per manifest line. Lines that cannot be used are kept with a "
-        "status and a reason. A shard whose manifest is gone is emptied.",
+        description="Data-Juicer samples of one shard: the file `<data>/raw/<partition key>` (any `*.jsonl`, "
+        "`*.parquet` or WebDataset `*.tar` under raw/, subfolders included), one row per manifest line, Parquet row "
+        "or tar key. Samples that cannot be used are kept with a status and a reason. A shard whose file is gone is "
+        "emptied.",
     )
     def raw_samples(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         storage = spec.storage_of(context)
@@ -99,7 +101,8 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
                 "dagster/row_count": total,
                 "dagster/column_schema": column_schema(Sample),
                 **shards_metadata(shards),
-                "manifest_lines": sum(count_lines(path) for path in split.readable.values()),
+                "manifest_lines": sum(count_records(path, shard) for shard, path in split.readable.items()),
+                "formats": dg.MetadataValue.json({shard: shard_format(shard) for shard in shards}),
                 "unreadable_shards": dg.MetadataValue.json(split.unreadable),
                 "pairing": rules.pairing,
                 "image_roots": dg.MetadataValue.json(list(rules.image_roots)),
@@ -188,6 +191,9 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
             settings = resolve_share(conn, settings)  # a share of the ok samples becomes the bounds that keep it
             counts = stages.filter_and_publish(conn, settings, storage.filtered_jsonl, storage.raw_dir)
             shards = store.stored_shards(conn, StatsRow.TABLE)
+            kept_per_shard = write_kept_outputs(conn, {s: p for s, p in listing.readable.items() if s in shards},
+                                                storage.output_dir)
+            remove_kept_of(storage.output_dir, removed)
             similarity = similarity_metadata(conn, settings, marked=True)
             data_version = table_data_version(conn, FilteredRow.TABLE, ["sample_id", "sample_json"], str(settings))
         context.log.info(f"Kept {counts.kept} of {counts.total} samples ({counts.scored} scored) with {settings}")
@@ -206,6 +212,8 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
                 "kept_ratio": round(counts.kept / counts.total, 4) if counts.total else 0.0,
                 **filter_settings_metadata(settings),
                 "output_path": dg.MetadataValue.path(str(storage.filtered_jsonl)),
+                "kept_per_shard": dg.MetadataValue.json(kept_per_shard),
+                "kept_dir": dg.MetadataValue.path(str(storage.output_dir / KEPT_FOLDER)),
                 "similarity_histogram": similarity["similarity_histogram"],
             },
         )

@@ -147,6 +147,10 @@ class PairfilterStorage(dg.ConfigurableResource):
         description="Folders image paths must lie in (absolute, or relative to the data folder); empty: the data "
         "folder. Paths outside them get status path_not_allowed.",
     )
+    image_column: str = Field(
+        default="images", description="The column of Parquet shards that holds each sample's images (a list of "
+        "paths, image bytes, or Hugging Face Image structs)."
+    )
     max_image_pixels: int = Field(
         default=DEFAULT_MAX_IMAGE_PIXELS,
         ge=1,
@@ -194,16 +198,20 @@ class PairfilterStorage(dg.ConfigurableResource):
         return self.root / "pairfilter.duckdb"
 
     @property
+    def output_dir(self) -> Path:
+        return self.root / "output"
+
+    @property
     def filtered_jsonl(self) -> Path:
-        return self.root / "output" / "filtered_samples.jsonl"
+        return self.output_dir / "filtered_samples.jsonl"
 
     @property
     def report_dir(self) -> Path:
-        return self.root / "output" / "report"
+        return self.output_dir / "report"
 
     @property
     def embeddings_dir(self) -> Path:
-        return self.root / "output" / "embeddings"
+        return self.output_dir / "embeddings"
 
     def check_data_dir(self) -> None:
         """Refuse a data folder that does not exist (a typo would otherwise make an empty dataset and succeed)."""
@@ -216,11 +224,12 @@ class PairfilterStorage(dg.ConfigurableResource):
         """Raises ValueError naming `image_roots` when a root is not an existing folder."""
         return SampleRules.for_data_dir(self.root, self.image_roots, self.pairing,
                                         max_pairs_per_sample=self.max_pairs_per_sample,
-                                        max_line_bytes=self.max_line_bytes)
+                                        max_line_bytes=self.max_line_bytes, image_column=self.image_column)
 
     def image_access(self) -> ImageAccess:
         roots = self.sample_rules().image_roots
-        return ImageAccess(roots, self.max_image_bytes, self.max_image_pixels, self.max_image_aspect_ratio)
+        return ImageAccess(roots, self.max_image_bytes, self.max_image_pixels, self.max_image_aspect_ratio,
+                           self.image_column)
 
     def list_shards(self, rules: SampleRules | None = None) -> ShardListing:
         return list_shards(self.raw_dir, (rules or self.sample_rules()).manifest_roots)

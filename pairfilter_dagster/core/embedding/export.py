@@ -18,7 +18,7 @@ from typing import Any
 import duckdb
 import numpy as np
 
-from ..publish import StagedFile, staged_file
+from ..publish import StagedSink, staged_file
 from ..queries import OK, STATS
 from ..store import scalar
 from .cache import CACHE_TABLE
@@ -50,27 +50,6 @@ class ExportedShard:
     metadata: Path
     rows: int
     dimension: int
-
-
-class StagedSink(io.RawIOBase):
-    """A write-only file object over a `StagedFile`, for writers that want one (pyarrow's ParquetWriter)."""
-
-    def __init__(self, staged: StagedFile) -> None:
-        super().__init__()
-        self.staged = staged
-        self.position = 0
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        chunk = bytes(data)
-        self.staged.write(chunk)
-        self.position += len(chunk)
-        return len(chunk)
-
-    def tell(self) -> int:
-        return self.position
 
 
 def npy_header(rows: int, dimension: int) -> bytes:

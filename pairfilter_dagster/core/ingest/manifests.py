@@ -20,7 +20,8 @@ from typing import BinaryIO, Iterator, Sequence
 
 from ..images import file_kind, is_within
 
-MANIFEST_SUFFIX = ".jsonl"
+SHARD_FILE_SUFFIXES = (".jsonl", ".parquet", ".tar")
+"""What the readers in `formats` read; kept here, where the listing needs it without importing them."""
 RAW_FOLDER = "."
 """How the listing names raw/ itself among the folders it could not read."""
 
@@ -95,8 +96,9 @@ def unreadable_message(problems: dict[str, str]) -> str:
 
 
 def list_shards(raw_dir: Path, roots: Sequence[str] | None = None) -> ShardListing:
-    """Every `*.jsonl` under `raw_dir` (subfolders and symlinks within `roots` followed), readable or not, and
-    the folders that could not be listed. `roots` are real paths; default: the folder holding raw/."""
+    """Every shard file (`*.jsonl`, `*.parquet`, `*.tar`) under `raw_dir` (subfolders and symlinks within `roots`
+    followed), readable or not, and the folders that could not be listed. `roots` are real paths; default: the
+    folder holding raw/."""
     raw_dir = Path(raw_dir)
     listing = ShardListing(raw_dir)
     if os.path.lexists(raw_dir):
@@ -123,16 +125,16 @@ def walk(listing: ShardListing, folder: str, relative: str, roots: tuple[str, ..
         child = f"{relative}/{entry.name}" if relative else entry.name
         if entry.is_symlink() and not os.path.exists(entry.path):
             problem = f"a symlink to {os.readlink(entry.path)}, which does not exist"
-            if entry.name.endswith(MANIFEST_SUFFIX):
+            if entry.name.endswith(SHARD_FILE_SUFFIXES):
                 add_file(listing, child, entry.path, problem)
             else:
                 listing.unreadable_folders[printable(child)] = problem
         elif entry.is_dir():
-            if entry.name.endswith(MANIFEST_SUFFIX):
+            if entry.name.endswith(SHARD_FILE_SUFFIXES):
                 add_file(listing, child, entry.path, f"a folder, not a manifest file (the manifests inside it are "
                          f"read as {printable(child)}/...)")
             walk(listing, entry.path, child, roots, ancestors | {real})
-        elif entry.name.endswith(MANIFEST_SUFFIX):
+        elif entry.name.endswith(SHARD_FILE_SUFFIXES):
             add_file(listing, child, entry.path, manifest_problem(entry.path, roots))
 
 
@@ -153,10 +155,31 @@ def manifest_problem(path: str, roots: Sequence[str]) -> str:
     if not is_within(real, roots):
         return f"resolves to {real}, outside the data folder and image_roots: not read"
     try:
-        with open_manifest(Path(path)):
-            return ""
+        with open_manifest(Path(path)) as handle:
+            return format_problem(path, handle)
     except OSError as exc:
         return str(exc) if isinstance(exc, NotRegularFile) else f"cannot open it: {exc.strerror or exc}"
+
+
+def format_problem(path: str, handle: BinaryIO) -> str:
+    """Why a Parquet or tar shard is not one, from its magic bytes (cheap: the listing opens every shard)."""
+    if path.endswith(".parquet"):
+        head = handle.read(4)
+        size = handle.seek(0, os.SEEK_END)
+        handle.seek(max(size - 4, 0))
+        if size < 12 or head != PARQUET_MAGIC or handle.read(4) != PARQUET_MAGIC:
+            return "not a Parquet file (no PAR1 magic at its start and end)"
+    elif path.endswith(".tar"):
+        import tarfile
+
+        try:
+            tarfile.open(fileobj=handle, mode="r:").close()
+        except (tarfile.TarError, EOFError):
+            return "not a tar file"
+    return ""
+
+
+PARQUET_MAGIC = b"PAR1"
 
 
 class NotRegularFile(OSError):

@@ -9,11 +9,11 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO, Iterator, Mapping, Sequence
+from typing import Any, BinaryIO, Iterator, Sequence
 
 from ..images import is_within
-from ..schema import DJ_STATS_FIELD, Sample, Status
-from .manifests import list_shards, open_manifest
+from ..schema import DJ_STATS_FIELD, Sample, SampleKey, Status
+from .manifests import open_manifest
 from .pairing import DEFAULT_PAIRING, check_pairing, image_pairs, pair_count, pairing_problem
 
 DEFAULT_MAX_LINE_BYTES = 16 * 2**20
@@ -34,10 +34,12 @@ class SampleRules:
     """The data folder's real path: manifests may lie in it or in the image roots."""
     max_pairs_per_sample: int = DEFAULT_MAX_PAIRS_PER_SAMPLE
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
+    image_column: str = "images"
+    """The column of Parquet shards that holds each sample's images."""
 
     @classmethod
     def for_data_dir(
-        cls, data_dir: Path, image_roots: Sequence[str] = (), pairing: str = DEFAULT_PAIRING, **limits: int
+        cls, data_dir: Path, image_roots: Sequence[str] = (), pairing: str = DEFAULT_PAIRING, **limits: Any
     ) -> "SampleRules":
         """Roots are absolute or relative to the data folder; none given means the data folder itself. A root
         that is not an existing folder is refused (most likely a typo), naming the field."""
@@ -53,24 +55,6 @@ class SampleRules:
     @property
     def manifest_roots(self) -> tuple[str, ...]:
         return tuple(dict.fromkeys(root for root in (self.data_root, *self.image_roots) if root))
-
-
-def read_samples(
-    raw_dir: Path, rules: SampleRules | None = None, shards: Sequence[str] | None = None
-) -> Iterator[Sample]:
-    """All samples of the readable manifests under `raw_dir` (of the named `shards` only, if given), in input
-    order. Default rules: `exactly_two` pairing, images confined to the data folder (the folder holding
-    `raw_dir`)."""
-    raw_dir = Path(raw_dir)
-    rules = rules or SampleRules.for_data_dir(raw_dir.parent)
-    found = list_shards(raw_dir, rules.manifest_roots).readable
-    yield from read_shards({name: path for name, path in found.items() if shards is None or name in shards}, rules)
-
-
-def read_shards(manifests: Mapping[str, Path], rules: SampleRules) -> Iterator[Sample]:
-    """The samples of {shard name: manifest path}, shard by shard in name order."""
-    for name in sorted(manifests):
-        yield from read_manifest(manifests[name], name, rules)
 
 
 def read_manifest(path: Path, manifest: str, rules: SampleRules) -> Iterator[Sample]:
@@ -128,33 +112,58 @@ def parse_line(raw_line: bytes, *, manifest: str, line_number: int, base_dir: Pa
     problem = images_problem(record.get("images"), "images" in record)
     if problem:
         return rejected(Status.INVALID_IMAGES, problem, text)
-    images: list[str] = record["images"]
+    return sample_from_images(SampleKey(sample_id=sample_id, manifest=manifest, line_number=line_number), record["images"],
+                              text, base_dir, rules)
+
+
+@dataclass(frozen=True)
+class InlineImage:
+    """An image held inside a shard (a tar member, a Parquet cell): its reference and content hash."""
+
+    ref: str
+    content_hash: str
+
+
+ImageItem = str | InlineImage
+"""A path as written in the sample (relative to the shard's folder, or absolute), or an image held in the shard."""
+
+
+def sample_from_images(key: SampleKey, images: Sequence[ImageItem], text: str, base_dir: Path,
+                       rules: SampleRules) -> Sample:
+    """A sample of any shard format from its images: ok (with its image pairs) or rejected with the first problem
+    found. Two images are the same when their resolved paths are, or (held in the shard) their contents."""
+
+    def rejected(status: Status, error: str, refs: tuple[str, ...] = ()) -> Sample:
+        return Sample(sample_id=key.sample_id, manifest=key.manifest, line_number=key.line_number, images=refs,
+                      status=status, error=error, sample_json=text)
+
     pairs_wanted = pair_count(len(images), rules.pairing)
     if pairs_wanted > rules.max_pairs_per_sample:
         return rejected(Status.TOO_MANY_PAIRS, f"{len(images)} images make {pairs_wanted} pairs under pairing "
-                        f"{rules.pairing}, more than max_pairs_per_sample={rules.max_pairs_per_sample}", text)
-    resolved = tuple(image if is_url(image) else resolve_image_path(image, base_dir) for image in images)
-
+                        f"{rules.pairing}, more than max_pairs_per_sample={rules.max_pairs_per_sample}")
+    refs = tuple(image.ref if isinstance(image, InlineImage) else image if is_url(image)
+                 else resolve_image_path(image, base_dir) for image in images)
+    identities = [image.content_hash if isinstance(image, InlineImage) else ref for image, ref in zip(images, refs)]
     pairing = pairing_problem(len(images), rules.pairing)
     if pairing:
-        return rejected(Status.NOT_A_PAIR, pairing, text, resolved)
-    if len(set(resolved)) < len(resolved):
-        twice = next(images[i] for i, path in enumerate(resolved) if resolved.index(path) != i)
-        return rejected(Status.NOT_A_PAIR, f"the same file appears twice: {twice!r}", text, resolved)
-    urls = [image for image in images if is_url(image)]
+        return rejected(Status.NOT_A_PAIR, pairing, refs)
+    if len(set(identities)) < len(identities):
+        twice = next(images[i] for i, same in enumerate(identities) if identities.index(same) != i)
+        what = f"the same image content appears twice ({twice.ref})" if isinstance(twice, InlineImage) \
+            else f"the same file appears twice: {twice!r}"
+        return rejected(Status.NOT_A_PAIR, what, refs)
+    paths = [(image, ref) for image, ref in zip(images, refs) if isinstance(image, str)]
+    urls = [image for image, _ in paths if is_url(image)]
     if urls:
         return rejected(Status.URL_NOT_ALLOWED, f"images must be local files; URLs are never fetched: {urls[0]!r}",
-                        text, resolved)
-    outside = [(image, path) for image, path in zip(images, resolved)
-               if not is_within(os.path.realpath(path), rules.image_roots)]
+                        refs)
+    outside = [(image, path) for image, path in paths if not is_within(os.path.realpath(path), rules.image_roots)]
     if outside:
         image, path = outside[0]
         return rejected(Status.PATH_NOT_ALLOWED, f"image path {image!r} resolves to {os.path.realpath(path)}, "
-                                                 f"outside the allowed image roots {list(rules.image_roots)}",
-                        text, resolved)
-    pairs = tuple(image_pairs(len(images), rules.pairing))
-    return Sample(sample_id=sample_id, manifest=manifest, line_number=line_number, images=resolved,
-                  sample_json=text, image_pairs=pairs)
+                                                 f"outside the allowed image roots {list(rules.image_roots)}", refs)
+    return Sample(sample_id=key.sample_id, manifest=key.manifest, line_number=key.line_number, images=refs,
+                  sample_json=text, image_pairs=tuple(image_pairs(len(images), rules.pairing)))
 
 
 def parse_json_object(text: str) -> tuple[dict, str]:
