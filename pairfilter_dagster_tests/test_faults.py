@@ -101,7 +101,9 @@ def test_a_failed_run_leaves_the_previous_outputs_intact(bundled_data_dir, tiny_
         failed_step, error = step_failure(result)
         assert failed_step == step and "lock_wait_seconds" in error
     assert snapshot(bundled_data_dir) == before
-    assert sorted(p.name for p in (bundled_data_dir / "output").iterdir()) == ["filtered_samples.jsonl"]
+    output = bundled_data_dir / "output"
+    assert sorted(str(p.relative_to(output)) for p in output.rglob("*")) == [  # and no temp file left
+        "filtered_samples.jsonl", "kept", "kept/more", "kept/more/edge_cases.jsonl", "kept/pairs.jsonl", "kept_ids.txt"]
 
 
 def start_shard_run(data_dir, clip_dir, home, log_path, shard):
