@@ -2,6 +2,7 @@
 `Image` structs, and WebDataset tar. Real Dagster runs score each the same; the kept outputs come back in the
 shard's own format, read with pyarrow and tarfile; bad input of each format gets a status and a reason."""
 
+import gzip
 import io
 import json
 import shutil
@@ -15,7 +16,6 @@ import pytest
 from pairfilter_dagster.core.ingest.manifests import list_shards
 from pairfilter_dagster.testing import PHOTOS
 
-from .conftest import write_manifest
 from .test_assets import ASSETS, query, run
 
 PAIRS = [("cat.jpg", "cat_crop.jpg"), ("img2.jpg", "img3.jpg"), ("blip.jpg", "blip_flip.jpg"), ("img8.jpg", "img9.jpg"),
@@ -47,9 +47,13 @@ def photo(name: str) -> bytes:
 
 def write_dataset(data: Path, kind: str) -> str:
     raw, relative = data / "raw", [[f"../images/{a}", f"../images/{b}"] for a, b in PAIRS]
-    if kind == "jsonl":
-        write_manifest(raw / "pairs.jsonl", [{**r, "images": images} for r, images in zip(records(), relative)])
-        return "pairs.jsonl"
+    if kind in ("jsonl", "jsonl-gz"):
+        lines = "".join(json.dumps({**r, "images": images}) + "\n" for r, images in zip(records(), relative))
+        if kind == "jsonl":
+            (raw / "pairs.jsonl").write_text(lines)
+            return "pairs.jsonl"
+        (raw / "pairs.jsonl.gz").write_bytes(gzip.compress(lines.encode()))
+        return "pairs.jsonl.gz"
     if kind == "parquet-paths":
         write_parquet(raw / "pairs.parquet", relative, pa.string())
     elif kind == "parquet-bytes":
@@ -88,7 +92,7 @@ def extension(data: bytes) -> str:
     return "png" if data.startswith(b"\x89PNG") else "jpg"
 
 
-KINDS = ["jsonl", "parquet-paths", "parquet-bytes", "parquet-hf", "tar"]
+KINDS = ["jsonl", "jsonl-gz", "parquet-paths", "parquet-bytes", "parquet-hf", "tar"]
 
 
 @pytest.fixture(scope="module")
@@ -152,9 +156,12 @@ def test_the_kept_tar_holds_the_original_members_and_the_score_in_each_json(ever
             assert members[name] == source[name]  # the image bytes as they were
 
 
-def test_the_kept_jsonl_names_the_scored_files_from_its_own_folder(every_format):
-    data, shard, scores, kept = every_format["jsonl"]
-    lines = [json.loads(line) for line in (data / "output" / "kept" / shard).read_text().splitlines()]
+@pytest.mark.parametrize("kind", ["jsonl", "jsonl-gz"])
+def test_the_kept_jsonl_names_the_scored_files_from_its_own_folder(every_format, kind):
+    data, shard, scores, kept = every_format[kind]
+    written = (data / "output" / "kept" / shard).read_bytes()
+    text = gzip.decompress(written).decode() if shard.endswith(".gz") else written.decode()
+    lines = [json.loads(line) for line in text.splitlines()]
     assert len(lines) == len(kept)
     for line in lines:
         assert line["__dj__stats__"]["image_pair_similarity"] == scores[line["id"]][1]
@@ -175,6 +182,8 @@ def test_bad_input_of_each_format_gets_a_status_and_nothing_is_lost(tmp_path, ti
     pq.write_table(pa.table({"id": ["outside"], "images": [["../../elsewhere.jpg", "../images/cat.jpg"]]}),
                    raw / "paths.parquet")
     (raw / "fake.parquet").write_text("id,images\n1,cat.jpg\n")
+    good = json.dumps({"images": ["../images/cat.jpg", "../images/img2.jpg"]}) + "\n"
+    (raw / "damaged.jsonl.gz").write_bytes(gzip.compress((good * 200).encode())[:-40])  # its end cut off
     result = run(ASSETS, data, tiny_clip_dir, {"min_score": 0.0}, raise_on_error=False)
     stats = {sid: (status, error) for sid, status, error in query(data, "SELECT sample_id, status, error FROM image_pair_stats")}
     assert stats["truncated.tar:a"][0] == "ok"
@@ -186,10 +195,13 @@ def test_bad_input_of_each_format_gets_a_status_and_nothing_is_lost(tmp_path, ti
     assert stats["bytes.parquet:2"] == ("invalid_images", "`images`: is null")
     assert stats["bytes.parquet:3"][0] == "invalid_images" and "item 1 is empty" in stats["bytes.parquet:3"][1]
     assert stats["paths.parquet:1"][0] == "path_not_allowed"
+    damaged = sorted((sid for sid in stats if sid.startswith("damaged.jsonl.gz:")), key=lambda s: int(s.rsplit(":", 1)[1]))
+    assert all(stats[sid][0] == "ok" for sid in damaged[:-1]) and len(damaged) > 2
+    assert stats[damaged[-1]][0] == "malformed_line" and "the gzip stream is damaged" in stats[damaged[-1]][1]
     assert list_shards(raw).problems == {"raw/fake.parquet": "not a Parquet file (no PAR1 magic at its start and end)"}
     assert "fake.parquet" not in {s.split(":")[0] for s in stats}
     checks = {c.check_name: c.passed for c in result.get_asset_check_evaluations()}
     assert checks["every_manifest_readable"] is False
     assert all(passed for name, passed in checks.items() if name != "every_manifest_readable"), checks
     kept = {sid for (sid,) in query(data, "SELECT sample_id FROM filtered_samples")}
-    assert kept == {"truncated.tar:a", "odd.tar:fine", "bytes.parquet:1"}
+    assert kept == {"truncated.tar:a", "odd.tar:fine", "bytes.parquet:1", *damaged[:-1]}

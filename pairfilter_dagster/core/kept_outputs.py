@@ -9,6 +9,7 @@ sample id per line, DataComp style):
 
 Each file is staged and appears whole or not at all."""
 
+import gzip
 import io
 import json
 import tarfile
@@ -51,9 +52,11 @@ def kept_of(conn: duckdb.DuckDBPyConnection, shard: str) -> Kept:
 
 
 def write_kept_jsonl(source: Path, shard: str, kept: Kept, target: Path) -> None:
+    """The kept lines; compressed again for a `.jsonl.gz` shard."""
     paths = ImagePaths(str(source.parent), str(target.parent))
+    lines = "".join(f"{dj_record(text, scores, paths)}\n" for _, scores, text in kept.values()).encode("utf-8")
     with staged_file(target) as staged:
-        staged.write_lines([dj_record(text, scores, paths) for _, scores, text in kept.values()])
+        staged.write(gzip.compress(lines, mtime=0) if shard.endswith(".gz") else lines)
         staged.publish()
 
 

@@ -12,13 +12,13 @@ from .samples import SampleRules, read_manifest
 from .webdataset import intact_members, read_tar_shard, sample_key
 
 Reader = Callable[[Path, str, SampleRules], Iterator[Sample]]
-READERS: dict[str, Reader] = {".jsonl": read_manifest, ".parquet": read_parquet_shard, ".tar": read_tar_shard}
-SHARD_SUFFIXES = tuple(READERS)
+READERS: dict[str, Reader] = {"jsonl": read_manifest, "parquet": read_parquet_shard, "tar": read_tar_shard}
+FORMATS = {".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".parquet": "parquet", ".tar": "tar"}
 
 
 def shard_format(name: str) -> str:
-    """`jsonl`, `parquet` or `tar`."""
-    return next(suffix for suffix in SHARD_SUFFIXES if name.endswith(suffix)).lstrip(".")
+    """`jsonl` (a `.jsonl.gz` too), `parquet` or `tar`."""
+    return next(kind for suffix, kind in FORMATS.items() if name.endswith(suffix))
 
 
 def read_samples(
@@ -38,7 +38,7 @@ def read_shards(shards: Mapping[str, Path], rules: SampleRules) -> Iterator[Samp
     listed is a shard that is gone: it has no samples."""
     for name in sorted(shards):
         try:
-            yield from READERS["." + shard_format(name)](shards[name], name, rules)
+            yield from READERS[shard_format(name)](shards[name], name, rules)
         except FileNotFoundError:
             if os.path.lexists(shards[name]):
                 raise

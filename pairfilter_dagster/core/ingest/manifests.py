@@ -9,10 +9,12 @@ while their real path stays inside the allowed roots (the data folder and the im
 A manifest's fingerprint is the SHA-256 of its bytes, so touching a file without changing it is no change, and a
 rewrite that keeps size and timestamp still is one."""
 
+import gzip
 import hashlib
 import os
 import stat
 import time
+import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import BinaryIO, Iterator, Sequence
 
 from ..images import file_kind, is_within
 
-SHARD_FILE_SUFFIXES = (".jsonl", ".parquet", ".tar")
+SHARD_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".tar")
 """What the readers in `formats` read; kept here, where the listing needs it without importing them."""
 RAW_FOLDER = "."
 """How the listing names raw/ itself among the folders it could not read."""
@@ -169,6 +171,8 @@ def format_problem(path: str, handle: BinaryIO) -> str:
         handle.seek(max(size - 4, 0))
         if size < 12 or head != PARQUET_MAGIC or handle.read(4) != PARQUET_MAGIC:
             return "not a Parquet file (no PAR1 magic at its start and end)"
+    elif path.endswith(".gz") and handle.read(2) != GZIP_MAGIC:
+        return "not a gzip file"
     elif path.endswith(".tar"):
         import tarfile
 
@@ -179,7 +183,7 @@ def format_problem(path: str, handle: BinaryIO) -> str:
     return ""
 
 
-PARQUET_MAGIC = b"PAR1"
+PARQUET_MAGIC, GZIP_MAGIC = b"PAR1", b"\x1f\x8b"
 
 
 class NotRegularFile(OSError):
@@ -208,13 +212,34 @@ def blocks(path: Path) -> Iterator[bytes]:
         yield from iter(lambda: handle.read(1 << 20), b"")
 
 
+@contextmanager
+def open_lines(path: Path) -> Iterator[BinaryIO]:
+    """A manifest's content, decompressed when it is a `.jsonl.gz`."""
+    with open_manifest(path) as handle:
+        if str(path).endswith(".gz"):
+            with gzip.GzipFile(fileobj=handle, mode="rb") as unzipped:
+                yield unzipped  # type: ignore[misc]
+        else:
+            yield handle
+
+
+GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
+"""What a damaged `.jsonl.gz` raises part way: its lines up to there are read, then one sample says why."""
+
+
 def count_lines(path: Path) -> int:
-    """Lines in a file, counted from its bytes (a last line without a newline counts), independently of
-    parsing: the reconciliation check compares it with the number of samples."""
+    """Lines in a manifest (decompressed), counted from its bytes (a last line without a newline counts),
+    independently of parsing: the reconciliation check compares it with the number of samples. A damaged gzip
+    stream counts one more: the sample that says so."""
     count, last = 0, b"\n"
-    for block in blocks(path):
-        count += block.count(b"\n")
-        last = block[-1:]
+    with open_lines(path) as handle:
+        read = handle.readline if str(path).endswith(".gz") else handle.read  # lines: up to where the reader stops
+        try:
+            for block in iter(lambda: read(1 << 20), b""):
+                count += block.count(b"\n")
+                last = block[-1:]
+        except GZIP_ERRORS:
+            return count + (last != b"\n") + 1
     return count + (last != b"\n")
 
 

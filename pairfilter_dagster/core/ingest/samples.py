@@ -13,7 +13,7 @@ from typing import Any, BinaryIO, Iterator, Sequence
 
 from ..images import is_within
 from ..schema import DJ_STATS_FIELD, Sample, SampleKey, Status
-from .manifests import open_manifest
+from .manifests import GZIP_ERRORS, open_lines
 from .pairing import DEFAULT_PAIRING, check_pairing, image_pairs, pair_count, pairing_problem
 
 DEFAULT_MAX_LINE_BYTES = 16 * 2**20
@@ -58,8 +58,21 @@ class SampleRules:
 
 
 def read_manifest(path: Path, manifest: str, rules: SampleRules) -> Iterator[Sample]:
-    with open_manifest(path) as handle:
-        for line_number, (raw_line, whole) in enumerate(bounded_lines(handle, rules.max_line_bytes), start=1):
+    """The samples of a `.jsonl` (or `.jsonl.gz`) manifest, one per line."""
+    line_number = 0
+    with open_lines(path) as handle:
+        lines = bounded_lines(handle, rules.max_line_bytes)
+        while True:
+            try:
+                raw_line, whole = next(lines)
+            except StopIteration:
+                return
+            except GZIP_ERRORS as exc:
+                yield Sample(sample_id=f"{manifest}:{line_number + 1}", manifest=manifest, line_number=line_number + 1,
+                             status=Status.MALFORMED_LINE, sample_json="",
+                             error=f"the gzip stream is damaged after line {line_number}: {exc}")
+                return
+            line_number += 1
             if whole:
                 yield parse_line(raw_line, manifest=manifest, line_number=line_number, base_dir=path.parent,
                                  rules=rules)
