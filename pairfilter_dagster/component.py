@@ -5,13 +5,14 @@ side by side in one code location."""
 
 import os
 from pathlib import Path
-from typing import Literal, Optional
+from typing import Any, Literal, Optional
 
 import dagster as dg
 from pydantic import Field, model_validator
 
 from .core.filtering import FilterSettings
 from .core.ingest.pairing import DEFAULT_PAIRING, Pairing
+from .core.locations import is_remote
 from .defs.pipeline import build_pipeline
 from .defs.resources import ClipModel, PairfilterStorage, default_data_dir
 from .defs.spec import DEFAULT_GROUP, PipelineSpec, default_clip
@@ -23,8 +24,16 @@ class ImagePairSimilarityFilter(dg.Component, dg.Model, dg.Resolvable):
     and a sensor."""
 
     data_dir: Optional[str] = Field(
-        default=None, description="The dataset folder (manifests under raw/); relative to this YAML file's folder. "
-        "Default: $PAIRFILTER_DATA_DIR, else the repo's data/.",
+        default=None, description="The dataset folder (shards under raw/): relative to this YAML file's folder, "
+        "absolute, or a URL (s3://bucket/prefix, gs://, hf://). Default: $PAIRFILTER_DATA_DIR, else the repo's data/.",
+    )
+    output_dir: Optional[str] = Field(
+        default=None, description="Where the kept outputs go (a path relative to this YAML file's folder, or a URL); "
+        "default: <data_dir>/output.",
+    )
+    storage_options: dict[str, Any] = Field(
+        default={}, description="fsspec options for a remote data_dir / output_dir (credentials are best left to "
+        "the environment).",
     )
     hf_clip: Optional[str] = Field(
         default=None, description="Hugging Face model id or local folder of an image encoder with image features "
@@ -69,11 +78,18 @@ class ImagePairSimilarityFilter(dg.Component, dg.Model, dg.Resolvable):
         return build_pipeline(self.pipeline_spec(component_dir)).definitions()
 
     def pipeline_spec(self, component_dir: Path) -> PipelineSpec:
-        data_dir = os.path.normpath(component_dir / Path(self.data_dir).expanduser()) if self.data_dir else default_data_dir()
+        data_dir = beside(component_dir, self.data_dir) if self.data_dir else default_data_dir()
+        output_dir = beside(component_dir, self.output_dir) if self.output_dir else None
         return PipelineSpec(
             key_prefix=tuple(self.asset_key_prefix),
             group=self.group,
-            storage=PairfilterStorage(data_dir=data_dir, pairing=self.pairing, image_roots=self.image_roots),
+            storage=PairfilterStorage(data_dir=data_dir, output_dir=output_dir, pairing=self.pairing,
+                                      image_roots=self.image_roots, storage_options=self.storage_options),
             clip=ClipModel(hf_clip=self.hf_clip) if self.hf_clip else default_clip(),
             thresholds=self.thresholds(),
         )
+
+
+def beside(component_dir: Path, location: str) -> str:
+    """A path relative to the component's folder; a URL as it is."""
+    return location if is_remote(location) else os.path.normpath(component_dir / Path(location).expanduser())

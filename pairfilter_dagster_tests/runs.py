@@ -5,6 +5,7 @@ from pathlib import Path
 import dagster as dg
 
 from pairfilter_dagster.core.ingest.manifests import list_shards
+from pairfilter_dagster.core.locations import as_path
 from pairfilter_dagster.defs.partitions import every_shard_tags
 
 from .pipeline import MANIFEST_SHARDS
@@ -14,7 +15,7 @@ def materialize_all_shards(selection, data_dir: Path, *, instance: dg.DagsterIns
     """`dg.materialize` over every shard of `data_dir` in one run, as `pairfilter-materialize` does. With no shard
     at all, only the unpartitioned assets (and their checks) run."""
     instance = instance or dg.DagsterInstance.ephemeral()
-    shard_tags = every_shard_tags(instance, MANIFEST_SHARDS, list_shards(Path(data_dir) / "raw"))
+    shard_tags = every_shard_tags(instance, MANIFEST_SHARDS, list_shards(as_path(str(data_dir)) / "raw"))
     if shard_tags is None:
         shard_keys = {key for a in selection if is_sharded(a) for key in a.keys}
         selection = [a for a in selection if not is_sharded(a) and not (set(check_targets(a)) & shard_keys)]

@@ -6,15 +6,17 @@ mistaken for one, and no sample can name one: the shard readers make them.
 Reading a tar member is one seek; reading a Parquet item reads its row group's image column, kept for the next
 items of the same group (scoring reads in input order)."""
 
-import functools
 import os
 import re
 import stat
 import threading
+from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, Mapping
 
-REF = re.compile(r"^(tar|parquet):(/.*)#(\d+)[+.](\d+)$")
+from .locations import filesystem_for, is_remote
+
+REF = re.compile(r"^(tar|parquet):(/.*|[a-z][a-z0-9+.\-]*://.*)#(\d+)[+.](\d+)$")
 
 
 @dataclass(frozen=True)
@@ -31,11 +33,15 @@ class MemberRef:
 
 
 def tar_member_ref(shard_path: str, offset: int, size: int) -> str:
-    return str(MemberRef("tar", os.path.abspath(shard_path), offset, size))
+    return str(MemberRef("tar", absolute(shard_path), offset, size))
 
 
 def parquet_item_ref(shard_path: str, row: int, item: int) -> str:
-    return str(MemberRef("parquet", os.path.abspath(shard_path), row, item))
+    return str(MemberRef("parquet", absolute(shard_path), row, item))
+
+
+def absolute(shard_path: str) -> str:
+    return shard_path if is_remote(shard_path) else os.path.abspath(shard_path)
 
 
 def parse_member_ref(ref: str) -> MemberRef | None:
@@ -43,24 +49,33 @@ def parse_member_ref(ref: str) -> MemberRef | None:
     return MemberRef(found[1], found[2], int(found[3]), int(found[4])) if found else None
 
 
-def read_member(ref: MemberRef, max_bytes: int, image_column: str) -> bytes:
+def read_member(ref: MemberRef, max_bytes: int, image_column: str, storage_options: Mapping[str, Any]) -> bytes:
     """The member's bytes, at most `max_bytes + 1` of them (the caller refuses more); OSError when the shard is
     gone, changed or not a regular file."""
     if ref.kind == "tar":
-        fd = os.open(ref.shard_path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
-        with os.fdopen(fd, "rb") as handle:
-            if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
-                raise OSError(f"{ref.shard_path} is not a regular file")
-            handle.seek(ref.first)
-            data = handle.read(min(ref.second, max_bytes + 1))
-        if len(data) < min(ref.second, max_bytes + 1):
+        wanted = min(ref.second, max_bytes + 1)
+        if is_remote(ref.shard_path):
+            fs, path = filesystem_for(ref.shard_path, storage_options)
+            data = fs.cat_file(path, start=ref.first, end=ref.first + wanted)  # one ranged read
+        else:
+            fd = os.open(ref.shard_path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+            with os.fdopen(fd, "rb") as handle:
+                if not stat.S_ISREG(os.fstat(handle.fileno()).st_mode):
+                    raise OSError(f"{ref.shard_path} is not a regular file")
+                handle.seek(ref.first)
+                data = handle.read(wanted)
+        if len(data) < wanted:
             raise OSError(f"the tar ends inside the member at byte {ref.first} (truncated, or changed since ingestion)")
         return data
-    return parquet_item(ref, image_column)
+    return parquet_item(ref, image_column, storage_options)
 
 
-def parquet_item(ref: MemberRef, image_column: str) -> bytes:
-    groups = row_groups(ref.shard_path, os.stat(ref.shard_path).st_mtime_ns)
+def parquet_item(ref: MemberRef, image_column: str, storage_options: Mapping[str, Any]) -> bytes:
+    if is_remote(ref.shard_path):
+        fs, path = filesystem_for(ref.shard_path, storage_options)
+        groups = row_groups(ref.shard_path, str(fs.ukey(path)), lambda: fs.open(path, "rb"))
+    else:
+        groups = row_groups(ref.shard_path, str(os.stat(ref.shard_path).st_mtime_ns), None)
     group, row = groups.locate(ref.first)
     cell = groups.column(group, image_column)[row]
     item = cell[ref.second]
@@ -73,10 +88,10 @@ def parquet_item(ref: MemberRef, image_column: str) -> bytes:
 class RowGroups:
     """One Parquet file's row groups, the image column of the last one read kept in memory (one per thread)."""
 
-    def __init__(self, path: str) -> None:
+    def __init__(self, path: str, opener: Callable[[], Any] | None) -> None:
         import pyarrow.parquet as pq
 
-        self.file = pq.ParquetFile(path)
+        self.file = pq.ParquetFile(opener() if opener is not None else path)
         starts, total = [], 0
         for index in range(self.file.num_row_groups):
             starts.append(total)
@@ -97,7 +112,20 @@ class RowGroups:
         return self.local.values
 
 
-@functools.lru_cache(maxsize=8)
-def row_groups(path: str, mtime_ns: int) -> RowGroups:
-    """Keyed by the file's modification time too: a rewritten shard is opened anew."""
-    return RowGroups(path)
+OPEN_FILES: "OrderedDict[tuple[str, str], RowGroups]" = OrderedDict()
+OPEN_FILES_LOCK = threading.Lock()
+
+
+def row_groups(path: str, version: str, opener: Callable[[], Any] | None) -> RowGroups:
+    """The last 8 files read, keyed by version (modification time, or the store's key of the object): a rewritten
+    shard is opened anew. `opener` opens a remote one."""
+    with OPEN_FILES_LOCK:
+        if (path, version) in OPEN_FILES:
+            OPEN_FILES.move_to_end((path, version))
+            return OPEN_FILES[path, version]
+    groups = RowGroups(path, opener)
+    with OPEN_FILES_LOCK:
+        OPEN_FILES[path, version] = groups
+        while len(OPEN_FILES) > 8:
+            OPEN_FILES.popitem(last=False)
+    return groups

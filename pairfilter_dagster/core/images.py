@@ -10,13 +10,14 @@ import hashlib
 import io
 import os
 import stat
-from dataclasses import dataclass
-from typing import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .image_refs import MemberRef, parse_member_ref, read_member
+from .locations import filesystem_for, is_remote, url_within
 from .schema import Status
 
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
@@ -36,12 +37,14 @@ class ImageAccess:
     """Where image files may be read and how large they may be."""
 
     roots: tuple[str, ...] = ()
-    """Real paths of the folders images must lie in; empty: anywhere."""
+    """Real paths of the folders images must lie in, or URLs of remote ones; empty: anywhere."""
     max_bytes: int = DEFAULT_MAX_IMAGE_BYTES
     max_pixels: int = DEFAULT_MAX_IMAGE_PIXELS
     max_aspect_ratio: float = DEFAULT_MAX_ASPECT_RATIO
     image_column: str = "images"
     """The Parquet column that holds the images (items referenced as `parquet:...`, see `image_refs`)."""
+    storage_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
+    """For the filesystem of remote images (`locations`)."""
 
 
 @dataclass(frozen=True)
@@ -68,8 +71,9 @@ class ImageDecodeError(Exception):
 
 
 def is_within(real_path: str, roots: Sequence[str]) -> bool:
-    """Whether a real path (symlinks and `..` resolved) lies inside one of the real-path roots."""
-    return any(os.path.commonpath([real_path, root]) == root for root in roots)
+    """Whether a real path (symlinks and `..` resolved) lies inside one of the real-path roots (remote roots
+    never hold a local path)."""
+    return any(not is_remote(root) and os.path.commonpath([real_path, root]) == root for root in roots)
 
 
 def read_image_bytes(path: str, access: ImageAccess = ImageAccess()) -> bytes:
@@ -78,6 +82,8 @@ def read_image_bytes(path: str, access: ImageAccess = ImageAccess()) -> bytes:
     member = parse_member_ref(path)
     if member is not None:
         return read_held_image(member, access)
+    if is_remote(path):
+        return read_remote_image(path, access)
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
@@ -101,25 +107,39 @@ def read_image_bytes(path: str, access: ImageAccess = ImageAccess()) -> bytes:
         raise ImageRefused(Status.UNREADABLE_IMAGE, f"cannot read {path}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
+    return checked_size(path, data, access)
+
+
+def checked_size(path: str, data: bytes, access: ImageAccess) -> bytes:
     if len(data) > access.max_bytes:
         raise ImageRefused(Status.IMAGE_TOO_LARGE, too_many_bytes(path, len(data), access))
     if not data:
-        raise ImageRefused(Status.UNREADABLE_IMAGE, f"image file is empty: {path}")
+        raise ImageRefused(Status.UNREADABLE_IMAGE, f"image is empty: {path}")
     return data
 
 
 def read_held_image(member: MemberRef, access: ImageAccess) -> bytes:
     try:
-        data = read_member(member, access.max_bytes, access.image_column)
+        data = read_member(member, access.max_bytes, access.image_column, access.storage_options)
     except (OSError, LookupError) as exc:
         raise ImageRefused(Status.UNREADABLE_IMAGE, f"cannot read {member}: {exc}") from None
-    except Exception as exc:  # pyarrow raises its own types for a damaged file
+    except Exception as exc:  # pyarrow and the stores raise their own types
         raise ImageRefused(Status.UNREADABLE_IMAGE, f"cannot read {member}: {type(exc).__name__}: {exc}") from None
-    if len(data) > access.max_bytes:
-        raise ImageRefused(Status.IMAGE_TOO_LARGE, too_many_bytes(str(member), len(data), access))
-    if not data:
-        raise ImageRefused(Status.UNREADABLE_IMAGE, f"image is empty: {member}")
-    return data
+    return checked_size(str(member), data, access)
+
+
+def read_remote_image(url: str, access: ImageAccess) -> bytes:
+    """One ranged read of at most `max_bytes + 1` bytes, after the URL is checked against the roots again."""
+    if access.roots and not url_within(url, access.roots):
+        raise ImageRefused(Status.PATH_NOT_ALLOWED, f"image {url} is outside the allowed image roots {list(access.roots)}")
+    try:
+        fs, path = filesystem_for(url, access.storage_options, setting="image_roots")
+        data = fs.cat_file(path, start=0, end=access.max_bytes + 1)
+    except FileNotFoundError:
+        raise ImageRefused(Status.MISSING_IMAGE, f"image file not found: {url}") from None
+    except Exception as exc:  # the stores raise their own types (no permission, throttled, network)
+        raise ImageRefused(Status.UNREADABLE_IMAGE, f"cannot read {url}: {type(exc).__name__}: {exc}") from None
+    return checked_size(url, data, access)
 
 
 def opened_real_path(fd: int, path: str, info: os.stat_result) -> str | None:

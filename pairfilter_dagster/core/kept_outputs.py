@@ -13,7 +13,6 @@ import gzip
 import io
 import json
 import tarfile
-from pathlib import Path
 from typing import Any, Mapping
 
 import duckdb
@@ -21,6 +20,7 @@ import duckdb
 from .ingest.formats import shard_format
 from .ingest.manifests import open_manifest
 from .ingest.webdataset import intact_members, sample_key
+from .locations import AnyPath
 from .publish import ImagePaths, StagedSink, dj_record, staged_file
 from .queries import FILTERED, STATS
 from .schema import SIMILARITY_STAT
@@ -30,7 +30,7 @@ Kept = dict[int, tuple[str, tuple[float, ...], str]]
 """{line number: (sample id, scores, the line as written)} of one shard's kept samples."""
 
 
-def write_kept_outputs(conn: duckdb.DuckDBPyConnection, shards: Mapping[str, Path], output_dir: Path) -> dict[str, int]:
+def write_kept_outputs(conn: duckdb.DuckDBPyConnection, shards: Mapping[str, AnyPath], output_dir: AnyPath) -> dict[str, int]:
     """Write every readable shard's kept file and `kept_ids.txt`; returns {shard: samples kept}."""
     written = {}
     with staged_file(output_dir / KEPT_IDS) as ids:
@@ -51,7 +51,7 @@ def kept_of(conn: duckdb.DuckDBPyConnection, shard: str) -> Kept:
     return {line: (sample_id, tuple(scores), text) for line, sample_id, scores, text in rows}
 
 
-def write_kept_jsonl(source: Path, shard: str, kept: Kept, target: Path) -> None:
+def write_kept_jsonl(source: AnyPath, shard: str, kept: Kept, target: AnyPath) -> None:
     """The kept lines; compressed again for a `.jsonl.gz` shard."""
     paths = ImagePaths(str(source.parent), str(target.parent))
     lines = "".join(f"{dj_record(text, scores, paths)}\n" for _, scores, text in kept.values()).encode("utf-8")
@@ -60,7 +60,7 @@ def write_kept_jsonl(source: Path, shard: str, kept: Kept, target: Path) -> None
         staged.publish()
 
 
-def write_kept_parquet(source: Path, shard: str, kept: Kept, target: Path) -> None:
+def write_kept_parquet(source: AnyPath, shard: str, kept: Kept, target: AnyPath) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -80,7 +80,7 @@ def write_kept_parquet(source: Path, shard: str, kept: Kept, target: Path) -> No
         staged.publish()
 
 
-def write_kept_tar(source: Path, shard: str, kept: Kept, target: Path) -> None:
+def write_kept_tar(source: AnyPath, shard: str, kept: Kept, target: AnyPath) -> None:
     scores = {sample_id.split(":", 1)[1]: values for sample_id, values, _ in kept.values()}
     with open_manifest(source) as handle, tarfile.open(fileobj=handle, mode="r:") as archive, \
             staged_file(target) as staged:
@@ -120,8 +120,10 @@ def add_json(out: tarfile.TarFile, name: str, record: dict[str, Any], like: tarf
 WRITERS = {"jsonl": write_kept_jsonl, "parquet": write_kept_parquet, "tar": write_kept_tar}
 
 
-def remove_kept_of(output_dir: Path, shards: list[str]) -> None:
+def remove_kept_of(output_dir: AnyPath, shards: list[str]) -> None:
     """The kept files of shards that are gone."""
     for shard in shards:
-        (output_dir / KEPT_FOLDER / shard).unlink(missing_ok=True)
+        kept = output_dir / KEPT_FOLDER / shard
+        if kept.exists():
+            kept.unlink()
 

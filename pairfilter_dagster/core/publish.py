@@ -4,7 +4,8 @@ A kept line is the manifest line as written, every byte of it, with `__dj__stats
 image paths rewritten relative to the output file's folder (where Data-Juicer resolves them on reading).
 
 A file is written to a temp file beside it (`.<name>.<host>.<pid>.<random>.tmp`, with the usual permissions),
-fsynced, and renamed over the old one. A write that fails removes its temp file; one that is killed leaves it, and
+fsynced, and renamed over the old one; a file for a remote location is staged in a local folder and uploaded in
+one request, which an object store makes visible whole. A write that fails removes its temp file; one that is killed leaves it, and
 the next write of that file (or the next store connection) removes the temp files of processes that are gone. The
 filtered JSONL is renamed only after its table commits, and the commit records the pending rename (`pending_publish`):
 a run killed between the two is completed by the next connection, so the file and its table never disagree for
@@ -17,6 +18,7 @@ import json
 import os
 import secrets
 import socket
+import tempfile
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +27,7 @@ from typing import IO, Any, Iterator, Sequence
 import duckdb
 
 from .jsonline import one_physical_line, set_members
+from .locations import AnyPath, as_location, as_path, is_remote, is_remote_path, join_url, relative_url, scheme_of
 from .schema import DJ_STATS_FIELD, SIMILARITY_STAT, FilteredRow, StatsRow
 
 TEMP_SUFFIX = ".tmp"
@@ -45,7 +48,7 @@ def dj_record(sample_json: str, scores: Sequence[float], paths: "ImagePaths | No
 
     def images(written: str | None) -> str:
         original = json.loads(written or "[]")
-        if written is not None and all(os.path.isabs(path) for path in original):
+        if written is not None and all(os.path.isabs(path) or scheme_of(path) for path in original):
             return written
         return json.dumps([paths.for_output(path) for path in original], ensure_ascii=False)  # type: ignore[union-attr]
 
@@ -61,8 +64,10 @@ class ImagePaths:
     output_folder: str
 
     def for_output(self, image: str) -> str:
-        if os.path.isabs(image):
+        if os.path.isabs(image) or scheme_of(image):
             return image
+        if is_remote(self.manifest_folder) or is_remote(self.output_folder):
+            return remote_output_path(image, self.manifest_folder, self.output_folder)
         folder, name = os.path.split(image)
         relative = output_relative_folder(self.manifest_folder, folder, self.output_folder)
         return name if relative == os.curdir else f"{relative}{os.sep}{name}"
@@ -74,12 +79,24 @@ def output_relative_folder(manifest_folder: str, image_folder: str, output_folde
     return os.path.relpath(os.path.normpath(os.path.join(manifest_folder, image_folder)), output_folder)
 
 
+def remote_output_path(image: str, manifest_folder: str, output_folder: str) -> str:
+    """Relative to the output folder when it is on the image's filesystem and bucket, else the image's URL."""
+    target = join_url(manifest_folder, image) if is_remote(manifest_folder) else \
+        os.path.normpath(os.path.join(manifest_folder, image))
+    return (relative_url(target, output_folder) if is_remote(target) and is_remote(output_folder) else None) or target
+
+
 @functools.lru_cache(maxsize=4096)
-def image_paths(raw_dir: Path, manifest: str, output_dir: Path) -> ImagePaths:
-    return ImagePaths(os.path.dirname(os.path.join(raw_dir, manifest)), str(output_dir))
+def image_paths(raw_dir: AnyPath, manifest: str, output_dir: AnyPath) -> ImagePaths:
+    return ImagePaths(posix_dirname(f"{raw_dir}/{manifest}") if is_remote_path(raw_dir) else
+                      os.path.dirname(os.path.join(raw_dir, manifest)), str(output_dir))
 
 
-def filtered_row(row: StatsRow, raw_dir: Path, output_dir: Path) -> FilteredRow:
+def posix_dirname(url: str) -> str:
+    return url.rsplit("/", 1)[0]
+
+
+def filtered_row(row: StatsRow, raw_dir: AnyPath, output_dir: AnyPath) -> FilteredRow:
     """A kept sample as the filtered dataset holds it, its line ready for a file in `output_dir`."""
     paths = image_paths(raw_dir, row.manifest, output_dir)
     return FilteredRow(
@@ -89,12 +106,18 @@ def filtered_row(row: StatsRow, raw_dir: Path, output_dir: Path) -> FilteredRow:
     )
 
 
-class StagedFile:
-    """Content written to a temp file beside `path`, invisible under `path` until `publish()`."""
+def staging_folder() -> Path:
+    """Where files for remote locations are staged: kept across a killed run, so its upload can be completed."""
+    return Path(tempfile.gettempdir()) / "pairfilter-staging"
 
-    def __init__(self, path: Path) -> None:
+
+class StagedFile:
+    """Content written to a temp file beside `path` (or in the staging folder, for a remote `path`), invisible
+    under `path` until `publish()`."""
+
+    def __init__(self, path: AnyPath) -> None:
         self.path = path
-        self.temp_path = path.parent / f".{path.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}" \
+        self.temp_path = temp_folder(path) / f".{path.name}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}" \
                                        f"{TEMP_SUFFIX}"
         self.lines_written = 0
         self.digest = hashlib.sha256()
@@ -123,10 +146,10 @@ class StagedFile:
         return self.digest.hexdigest()
 
     def publish(self) -> None:
-        """Rename the finished temp file over `path`: readers see the old file or the new one, never half."""
+        """Rename the finished temp file over `path` (or upload it): readers see the old file or the new one,
+        never half."""
         self.finish()
-        os.replace(self.temp_path, self.path)
-        sync_folder(self.path.parent)
+        move_into_place(self.temp_path, self.path)
 
     def discard(self) -> None:
         try:
@@ -158,13 +181,26 @@ class StagedSink(io.RawIOBase):
         return self.position
 
 
+def temp_folder(path: AnyPath) -> Path:
+    return staging_folder() if is_remote_path(path) else path.parent
+
+
+def move_into_place(temp_path: Path, path: AnyPath) -> None:
+    if is_remote_path(path):
+        path.fs.put_file(str(temp_path), path.path)
+        temp_path.unlink()
+    else:
+        os.replace(temp_path, path)
+        sync_folder(Path(path).parent)
+
+
 @contextmanager
-def staged_file(path: Path) -> Iterator[StagedFile]:
+def staged_file(path: AnyPath) -> Iterator[StagedFile]:
     """A `StagedFile` for `path`; publish inside the block. If the block fails or does not publish, the temp file
     is removed and `path` keeps its previous content."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    remove_stale_temps(path.parent, path.name)
+    path = as_path(path)
+    temp_folder(path).mkdir(parents=True, exist_ok=True)
+    remove_stale_temps(temp_folder(path), path.name)
     staged = StagedFile(path)
     try:
         yield staged
@@ -172,7 +208,7 @@ def staged_file(path: Path) -> Iterator[StagedFile]:
         staged.discard()
 
 
-def write_atomically(path: Path, data: bytes) -> None:
+def write_atomically(path: AnyPath, data: bytes) -> None:
     with staged_file(path) as staged:
         staged.write(data)
         staged.publish()
@@ -230,15 +266,14 @@ def publish_recorded(conn: duckdb.DuckDBPyConnection, staged: StagedFile) -> Non
     conn.execute(f"DELETE FROM {PENDING_TABLE} WHERE path = ?", [str(staged.path)])
 
 
-def complete_pending(conn: duckdb.DuckDBPyConnection) -> list[str]:
-    """Finish the renames that a killed run committed but did not do; returns the files published."""
+def complete_pending(conn: duckdb.DuckDBPyConnection, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Finish the renames (uploads) that a killed run committed but did not do; returns the files published."""
     if not conn.execute("SELECT 1 FROM information_schema.tables WHERE table_name = ?", [PENDING_TABLE]).fetchone():
         return []
     done = []
     for path, temp_path, digest in conn.execute(f"SELECT path, temp_path, sha256 FROM {PENDING_TABLE}").fetchall():
         if os.path.exists(temp_path) and file_sha256(temp_path) == digest:
-            os.replace(temp_path, path)
-            sync_folder(Path(path).parent)
+            move_into_place(Path(temp_path), as_location(path, storage_options))
             done.append(path)
         conn.execute(f"DELETE FROM {PENDING_TABLE} WHERE path = ?", [path])
     return done

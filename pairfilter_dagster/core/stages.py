@@ -6,7 +6,6 @@ a failure anywhere leaves the previous table and file as they were."""
 
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Iterable, Sequence
 
 import duckdb
@@ -19,6 +18,7 @@ from .filtering import FilterSettings, keep_row
 from .images import ImageAccess
 from .ingest.formats import shard_format
 from .ingest.manifests import ShardListing
+from .locations import AnyPath
 from .progress import ProgressCallback
 from .schema import FilteredRow, Sample, StatsRow, Status, column_names
 from .scoring import PairScorer, ScoringReport, chunked
@@ -79,8 +79,8 @@ class FilterCounts:
 def filter_and_publish(
     conn: duckdb.DuckDBPyConnection,
     settings: FilterSettings,
-    jsonl_path: Path,
-    raw_dir: Path,
+    jsonl_path: AnyPath,
+    raw_dir: AnyPath,
     chunk_size: int = TABLE_CHUNK_SIZE,
 ) -> FilterCounts:
     """Keep the samples of `image_pair_stats` that pass `settings`: the `filtered_samples` table (every shard) and

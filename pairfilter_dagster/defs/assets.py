@@ -192,8 +192,8 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
             counts = stages.filter_and_publish(conn, settings, storage.filtered_jsonl, storage.raw_dir)
             shards = store.stored_shards(conn, StatsRow.TABLE)
             kept_per_shard = write_kept_outputs(conn, {s: p for s, p in listing.readable.items() if s in shards},
-                                                storage.output_dir)
-            remove_kept_of(storage.output_dir, removed)
+                                                storage.output_root)
+            remove_kept_of(storage.output_root, removed)
             similarity = similarity_metadata(conn, settings, marked=True)
             data_version = table_data_version(conn, FilteredRow.TABLE, ["sample_id", "sample_json"], str(settings))
         context.log.info(f"Kept {counts.kept} of {counts.total} samples ({counts.scored} scored) with {settings}")
@@ -213,7 +213,7 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
                 **filter_settings_metadata(settings),
                 "output_path": dg.MetadataValue.path(str(storage.filtered_jsonl)),
                 "kept_per_shard": dg.MetadataValue.json(kept_per_shard),
-                "kept_dir": dg.MetadataValue.path(str(storage.output_dir / KEPT_FOLDER)),
+                "kept_dir": dg.MetadataValue.path(str(storage.output_root / KEPT_FOLDER)),
                 "similarity_histogram": similarity["similarity_histogram"],
             },
         )

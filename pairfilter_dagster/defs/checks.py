@@ -74,7 +74,7 @@ def build_checks(spec: PipelineSpec, image_pair_stats: dg.AssetsDefinition, filt
         if settings is None:
             return dg.AssetCheckResult(passed=False, description="filtered_samples has not been materialized yet")
         storage = spec.storage_of(context)
-        with open(storage.filtered_jsonl, encoding="utf-8") as handle:
+        with storage.filtered_jsonl.open("r", encoding="utf-8") as handle:
             lines = [json.loads(line) for line in handle]
         with storage.connect(read_only=True) as conn:
             table_rows = queries.kept_with_status(conn)

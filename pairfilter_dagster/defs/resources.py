@@ -25,9 +25,13 @@ from ..core.images import (
 from ..core.ingest.manifests import ShardListing, list_shards
 from ..core.ingest.pairing import DEFAULT_PAIRING, Pairing
 from ..core.ingest.samples import DEFAULT_MAX_LINE_BYTES, DEFAULT_MAX_PAIRS_PER_SAMPLE, SampleRules
-from ..core.publish import complete_pending, remove_stale_temps
+from ..core.locations import AnyPath, LocationError, as_location, is_remote_path, scheme_of, state_name
+from ..core.publish import complete_pending, remove_stale_temps, staging_folder
 
 DATA_DIR_ENV_VAR = "PAIRFILTER_DATA_DIR"
+HOME_ENV_VAR = "PAIRFILTER_HOME"
+READ_ONLY_SCHEMES = ("hf", "http", "https")
+"""Where the default output location (beside the data) cannot be written: outputs go to the state folder."""
 REPO_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
 
 
@@ -131,11 +135,27 @@ class ClipModel(dg.ConfigurableResource):
 
 
 class PairfilterStorage(dg.ConfigurableResource):
-    """The data folder (manifests under raw/, the DuckDB store, output files people hand to training jobs) and
-    the rules for reading it: how images pair up, where they may live, how large they may be."""
+    """The data folder (shards under raw/, the DuckDB store, output files people hand to training jobs) and
+    the rules for reading it: how images pair up, where they may live, how large they may be. The data folder and
+    the output location may be fsspec URLs (`core.locations`); the DuckDB store is always on the local disk."""
 
     data_dir: str = Field(
-        default=default_data_dir(), description=f"Data folder (env: {DATA_DIR_ENV_VAR}; default: data/ in the repo)."
+        default=default_data_dir(), description=f"Data folder: a local path or a URL (s3://bucket/prefix, gs://, "
+        f"hf://datasets/org/name, memory://) holding raw/ (env: {DATA_DIR_ENV_VAR}; default: data/ in the repo)."
+    )
+    output_dir: Optional[str] = Field(
+        default=None, description="Where kept samples, kept_ids.txt, the filtered JSONL and the embeddings are "
+        "written: a local path or URL; None: <data_dir>/output (for hf:// and http(s) data, <state_dir>/output)."
+    )
+    state_dir: Optional[str] = Field(
+        default=None, description="Local folder of the DuckDB store (tables, embedding cache) and the report; None: "
+        f"the data folder when it is local, else ${HOME_ENV_VAR}/<name of the URL>, else "
+        "~/.cache/pairfilter/<name of the URL>."
+    )
+    storage_options: dict[str, Any] = Field(
+        default={}, description="Options for the remote filesystem (fsspec storage_options, e.g. {\"anon\": true} or "
+        "{\"client_kwargs\": {\"region_name\": ...}}); credentials are best left where the library finds them "
+        "(AWS_* variables, profiles, gcloud)."
     )
     pairing: Pairing = Field(
         default=DEFAULT_PAIRING,
@@ -186,38 +206,61 @@ class PairfilterStorage(dg.ConfigurableResource):
         self._log = context.log
 
     @property
-    def root(self) -> Path:
-        return Path(self.data_dir).expanduser().resolve()
+    def root(self) -> AnyPath:
+        """Raises `LocationError` (a ValueError naming data_dir) for an unknown scheme or a missing library."""
+        return as_location(self.data_dir, self.storage_options)
 
     @property
-    def raw_dir(self) -> Path:
+    def raw_dir(self) -> AnyPath:
         return self.root / "raw"
 
     @property
-    def database(self) -> Path:
-        return self.root / "pairfilter.duckdb"
+    def state_root(self) -> Path:
+        if self.state_dir:
+            return Path(self.state_dir).expanduser().resolve()
+        root = self.root
+        if not is_remote_path(root):
+            return root
+        home = os.environ.get(HOME_ENV_VAR)
+        base = Path(home).expanduser() if home else Path.home() / ".cache" / "pairfilter"
+        return (base / state_name(self.data_dir.rstrip("/"))).resolve()
 
     @property
-    def output_dir(self) -> Path:
+    def database(self) -> Path:
+        return self.state_root / "pairfilter.duckdb"
+
+    @property
+    def output_root(self) -> AnyPath:
+        if self.output_dir:
+            return as_location(self.output_dir, self.storage_options, setting="output_dir")
+        if scheme_of(self.data_dir) in READ_ONLY_SCHEMES:
+            return self.state_root / "output"
         return self.root / "output"
 
     @property
-    def filtered_jsonl(self) -> Path:
-        return self.output_dir / "filtered_samples.jsonl"
+    def filtered_jsonl(self) -> AnyPath:
+        return self.output_root / "filtered_samples.jsonl"
 
     @property
     def report_dir(self) -> Path:
-        return self.output_dir / "report"
+        """The report is for people in the UI: on the local disk, beside the outputs when they are."""
+        output = self.output_root
+        return (self.state_root / "output" if is_remote_path(output) else output) / "report"
 
     @property
-    def embeddings_dir(self) -> Path:
-        return self.output_dir / "embeddings"
+    def embeddings_dir(self) -> AnyPath:
+        return self.output_root / "embeddings"
 
     def check_data_dir(self) -> None:
-        """Refuse a data folder that does not exist (a typo would otherwise make an empty dataset and succeed)."""
-        if not self.root.is_dir():
-            what = "is not a folder" if self.root.exists() else "does not exist"
-            raise ValueError(f"data_dir: {self.data_dir!r} {what} (resolved to {self.root}); set storage.data_dir or "
+        """Refuse a data folder that does not exist or cannot be listed (a typo would otherwise make an empty
+        dataset and succeed), and a location of an unknown scheme or without its library."""
+        root = self.root
+        if is_remote_path(root):
+            check_remote_folder(root, self.data_dir)
+            self.output_root  # noqa: B018  (its scheme and library are checked too)
+        elif not root.is_dir():
+            what = "is not a folder" if root.exists() else "does not exist"
+            raise ValueError(f"data_dir: {self.data_dir!r} {what} (resolved to {root}); set storage.data_dir or "
                              f"{DATA_DIR_ENV_VAR} to a folder holding raw/")
 
     def sample_rules(self) -> SampleRules:
@@ -229,7 +272,7 @@ class PairfilterStorage(dg.ConfigurableResource):
     def image_access(self) -> ImageAccess:
         roots = self.sample_rules().image_roots
         return ImageAccess(roots, self.max_image_bytes, self.max_image_pixels, self.max_image_aspect_ratio,
-                           self.image_column)
+                           self.image_column, self.storage_options)
 
     def list_shards(self, rules: SampleRules | None = None) -> ShardListing:
         return list_shards(self.raw_dir, (rules or self.sample_rules()).manifest_roots)
@@ -241,8 +284,24 @@ class PairfilterStorage(dg.ConfigurableResource):
         with store.connect(self.database, read_only=read_only, wait_seconds=self.lock_wait_seconds,
                            on_wait=on_wait) as conn:
             if not read_only:
-                completed = complete_pending(conn)
-                remove_stale_temps(self.filtered_jsonl.parent)
+                completed = complete_pending(conn, self.storage_options)
+                output = self.output_root
+                remove_stale_temps(staging_folder() if is_remote_path(output) else output)
                 if completed and self._log:
                     self._log.info(f"Completed the publishing of {completed}, which a killed run had committed")
             yield conn
+
+
+def check_remote_folder(root: Any, setting_value: str) -> None:
+    """The remote data folder can be listed and holds something (its raw/ is listed again for each run)."""
+    try:
+        found = root.fs.ls(root.path, detail=False)
+    except FileNotFoundError:
+        found = []
+    except Exception as exc:  # the stores' own errors: no such bucket, no credentials, denied
+        raise LocationError(f"data_dir: cannot list {setting_value!r}: {type(exc).__name__}: {exc}; check the bucket "
+                            "name, the credentials (AWS_* variables, profiles, gcloud auth) and storage.storage_options"
+                            ) from None
+    if not found:
+        raise LocationError(f"data_dir: {setting_value!r} does not exist or is empty (no raw/ in it); set "
+                            f"storage.data_dir or {DATA_DIR_ENV_VAR} to a location holding raw/")

@@ -99,8 +99,8 @@ def build_sensor(spec: PipelineSpec, jobs: PipelineJobs) -> dg.SensorDefinition:
     )
     def pairfilter_new_manifests(context: dg.SensorEvaluationContext) -> dg.SensorResult | dg.SkipReason:
         storage = spec.storage_of(context)
-        raw_dir = storage.raw_dir
         try:
+            raw_dir = storage.raw_dir
             storage.check_data_dir()
             listing = storage.list_shards()
         except ValueError as exc:

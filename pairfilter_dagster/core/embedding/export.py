@@ -12,12 +12,12 @@ import hashlib
 import io
 import re
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import duckdb
 import numpy as np
 
+from ..locations import AnyPath
 from ..publish import StagedSink, staged_file
 from ..queries import OK, STATS
 from ..store import scalar
@@ -46,8 +46,8 @@ def shard_file_name(shard: str) -> str:
 @dataclass(frozen=True)
 class ExportedShard:
     shard: str
-    img_emb: Path
-    metadata: Path
+    img_emb: AnyPath
+    metadata: AnyPath
     rows: int
     dimension: int
 
@@ -58,7 +58,7 @@ def npy_header(rows: int, dimension: int) -> bytes:
     return header.getvalue()
 
 
-def shard_paths(directory: Path, shard: str) -> tuple[Path, Path]:
+def shard_paths(directory: AnyPath, shard: str) -> tuple[AnyPath, AnyPath]:
     name = shard_file_name(shard)
     return directory / IMG_EMB / f"img_emb_{name}.npy", directory / METADATA / f"metadata_{name}.parquet"
 
@@ -74,7 +74,7 @@ def full_model_key(conn: duckdb.DuckDBPyConnection, recorded: str) -> str:
     return found[0]
 
 
-def export_shard(conn: duckdb.DuckDBPyConnection, shard: str, *, model: str, model_key: str, directory: Path,
+def export_shard(conn: duckdb.DuckDBPyConnection, shard: str, *, model: str, model_key: str, directory: AnyPath,
                  chunk_rows: int = CHUNK_ROWS) -> ExportedShard:
     """Write one shard's two files, chunk by chunk; each is staged and both are published (npy first) only once
     both are whole, so a failure leaves the previous pair as it was."""
@@ -112,18 +112,20 @@ def export_shard(conn: duckdb.DuckDBPyConnection, shard: str, *, model: str, mod
     return ExportedShard(shard, img_emb, metadata, rows, dimension)
 
 
-def exported_rows(directory: Path, shard: str) -> tuple[tuple[int, ...] | None, int | None]:
+def exported_rows(directory: AnyPath, shard: str) -> tuple[tuple[int, ...] | None, int | None]:
     """(shape of the npy array, rows of the parquet file) of a shard's files as they are on disk, from their headers;
     None for a file that is missing, or an npy file whose length does not match its header."""
     import pyarrow.parquet as pq
 
     img_emb, metadata = shard_paths(directory, shard)
-    return (npy_shape(img_emb) if img_emb.is_file() else None,
-            pq.read_metadata(metadata).num_rows if metadata.is_file() else None)
+    if not metadata.is_file():
+        return (npy_shape(img_emb) if img_emb.is_file() else None), None
+    with metadata.open("rb") as handle:
+        return (npy_shape(img_emb) if img_emb.is_file() else None), pq.read_metadata(handle).num_rows
 
 
-def npy_shape(path: Path) -> tuple[int, ...] | None:
-    with open(path, "rb") as handle:
+def npy_shape(path: AnyPath) -> tuple[int, ...] | None:
+    with path.open("rb") as handle:
         version = np.lib.format.read_magic(handle)
         read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, _, dtype = read_header(handle)

@@ -2,16 +2,16 @@
 reader of its format into samples."""
 
 import os
-from pathlib import Path
 from typing import Callable, Iterator, Mapping, Sequence
 
+from ..locations import AnyPath, as_path, is_remote_path
 from ..schema import Sample
 from .manifests import count_lines, list_shards, open_manifest
 from .parquet_shards import read_parquet_shard
 from .samples import SampleRules, read_manifest
 from .webdataset import intact_members, read_tar_shard, sample_key
 
-Reader = Callable[[Path, str, SampleRules], Iterator[Sample]]
+Reader = Callable[[AnyPath, str, SampleRules], Iterator[Sample]]
 READERS: dict[str, Reader] = {"jsonl": read_manifest, "parquet": read_parquet_shard, "tar": read_tar_shard}
 FORMATS = {".jsonl": "jsonl", ".jsonl.gz": "jsonl", ".parquet": "parquet", ".tar": "tar"}
 
@@ -22,29 +22,30 @@ def shard_format(name: str) -> str:
 
 
 def read_samples(
-    raw_dir: Path, rules: SampleRules | None = None, shards: Sequence[str] | None = None
+    raw_dir: AnyPath, rules: SampleRules | None = None, shards: Sequence[str] | None = None
 ) -> Iterator[Sample]:
     """All samples of the readable shards under `raw_dir` (of the named `shards` only, if given), in input
     order. Default rules: `exactly_two` pairing, images confined to the data folder (the folder holding
     `raw_dir`)."""
-    raw_dir = Path(raw_dir)
+    raw_dir = as_path(raw_dir)
     rules = rules or SampleRules.for_data_dir(raw_dir.parent)
     found = list_shards(raw_dir, rules.manifest_roots).readable
     yield from read_shards({name: path for name, path in found.items() if shards is None or name in shards}, rules)
 
 
-def read_shards(shards: Mapping[str, Path], rules: SampleRules) -> Iterator[Sample]:
+def read_shards(shards: Mapping[str, AnyPath], rules: SampleRules) -> Iterator[Sample]:
     """The samples of {shard name: file path}, shard by shard in name order. A file that vanished since it was
     listed is a shard that is gone: it has no samples."""
     for name in sorted(shards):
         try:
             yield from READERS[shard_format(name)](shards[name], name, rules)
         except FileNotFoundError:
-            if os.path.lexists(shards[name]):
+            path = shards[name]
+            if path.exists() if is_remote_path(path) else os.path.lexists(path):
                 raise
 
 
-def count_records(path: Path, shard: str) -> int:
+def count_records(path: AnyPath, shard: str) -> int:
     """The samples a shard holds, counted independently of parsing them (the reconciliation check compares it
     with the samples ingested): lines, Parquet rows (from the footer), or tar keys."""
     kind = shard_format(shard)

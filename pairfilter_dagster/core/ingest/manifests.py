@@ -6,9 +6,11 @@ escaping symlink, no permission, a name that is not UTF-8) is still listed, with
 cannot be read is named, so its shards are never taken for removed. Symlinked folders and manifests are followed
 while their real path stays inside the allowed roots (the data folder and the image roots).
 
-A manifest's fingerprint is the SHA-256 of its bytes, so touching a file without changing it is no change, and a
-rewrite that keeps size and timestamp still is one."""
+A local manifest's fingerprint is the SHA-256 of its bytes, so touching a file without changing it is no change,
+and a rewrite that keeps size and timestamp still is one. A remote shard's is what its listing says (ETag, or size
+and modification time): reading every object at every sensor tick would cost more than the run."""
 
+import functools
 import gzip
 import hashlib
 import os
@@ -20,7 +22,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO, Iterator, Sequence
 
+from upath import UPath
+
 from ..images import file_kind, is_within
+from ..locations import AnyPath, as_path, is_remote_path, open_remote, remote_fingerprint
 
 SHARD_FILE_SUFFIXES = (".jsonl", ".jsonl.gz", ".parquet", ".tar")
 """What the readers in `formats` read; kept here, where the listing needs it without importing them."""
@@ -33,14 +38,16 @@ class ShardFile:
     name: str
     """The path relative to raw/, in POSIX form: the shard name, partition key and `manifest` column (bytes that
     are not UTF-8 written as \\xNN)."""
-    path: Path
+    path: AnyPath
     problem: str = ""
     """Why the manifest cannot be read; empty when it can."""
+    fingerprint: str = ""
+    """A remote shard's identity from its listing (empty for local files, which are hashed)."""
 
 
 @dataclass
 class ShardListing:
-    raw_dir: Path
+    raw_dir: AnyPath
     files: dict[str, ShardFile] = field(default_factory=dict)
     unreadable_folders: dict[str, str] = field(default_factory=dict)
     """{folder relative to raw/ (`.` for raw/ itself): why its contents cannot be listed}."""
@@ -50,7 +57,7 @@ class ShardListing:
         return sorted(self.files)
 
     @property
-    def readable(self) -> dict[str, Path]:
+    def readable(self) -> dict[str, AnyPath]:
         return {name: f.path for name, f in sorted(self.files.items()) if not f.problem}
 
     @property
@@ -84,7 +91,7 @@ class ShardListing:
 
 @dataclass(frozen=True)
 class ShardSplit:
-    readable: dict[str, Path]
+    readable: dict[str, AnyPath]
     unreadable: dict[str, str]
     gone: list[str]
 
@@ -97,16 +104,49 @@ def unreadable_message(problems: dict[str, str]) -> str:
     return "cannot read " + "; ".join(f"raw/{shard}: {problem}" for shard, problem in problems.items())
 
 
-def list_shards(raw_dir: Path, roots: Sequence[str] | None = None) -> ShardListing:
+def list_shards(raw_dir: AnyPath, roots: Sequence[str] | None = None) -> ShardListing:
     """Every shard file (`*.jsonl`, `*.parquet`, `*.tar`) under `raw_dir` (subfolders and symlinks within `roots`
     followed), readable or not, and the folders that could not be listed. `roots` are real paths; default: the
     folder holding raw/."""
-    raw_dir = Path(raw_dir)
+    raw_dir = as_path(raw_dir)
+    if is_remote_path(raw_dir):
+        return list_remote_shards(raw_dir)
     listing = ShardListing(raw_dir)
     if os.path.lexists(raw_dir):
         walk(listing, str(raw_dir), "", tuple(roots or (os.path.realpath(raw_dir.parent),)), frozenset())
     listing.files = dict(sorted(listing.files.items()))
     return listing
+
+
+def list_remote_shards(raw_dir: UPath) -> ShardListing:
+    """One listing call (no cached listing: another client may have written since), each object's fingerprint from
+    it; a Parquet or tar object is opened once per fingerprint to check that it is one."""
+    listing = ShardListing(raw_dir)
+    fs, root = raw_dir.fs, raw_dir.path.rstrip("/")
+    try:
+        fs.invalidate_cache(root)
+        found = fs.find(root, detail=True)
+    except FileNotFoundError:
+        return listing
+    except Exception as exc:  # the store's own error types: no permission, no such bucket, no network
+        listing.unreadable_folders[RAW_FOLDER] = f"cannot list {raw_dir}: {type(exc).__name__}: {exc}"
+        return listing
+    for key, info in sorted(found.items()):
+        relative = key[len(root) + 1:] if key.startswith(f"{root}/") else ""
+        if info.get("type", "file") == "file" and relative.endswith(SHARD_FILE_SUFFIXES):
+            fingerprint = remote_fingerprint(info)
+            path = raw_dir / relative
+            listing.files[relative] = ShardFile(relative, path, remote_problem(path, fingerprint), fingerprint)
+    return listing
+
+
+@functools.lru_cache(maxsize=65536)
+def remote_problem(path: UPath, fingerprint: str) -> str:
+    try:
+        with open_remote(path) as handle:
+            return format_problem(str(path), handle)
+    except OSError as exc:
+        return f"cannot open it: {exc.strerror or exc}"
 
 
 def walk(listing: ShardListing, folder: str, relative: str, roots: tuple[str, ...], ancestors: frozenset[str]) -> None:
@@ -191,8 +231,14 @@ class NotRegularFile(OSError):
 
 
 @contextmanager
-def open_manifest(path: Path) -> Iterator[BinaryIO]:
-    """The manifest, opened for reading without ever blocking (a named pipe is refused, not waited on)."""
+def open_manifest(path: AnyPath) -> Iterator[BinaryIO]:
+    """The manifest, opened for reading without ever blocking (a named pipe is refused, not waited on); a remote
+    one streamed through its filesystem."""
+    path = as_path(path)
+    if is_remote_path(path):
+        with open_remote(path) as remote:
+            yield remote
+        return
     fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     try:
         mode = os.fstat(fd).st_mode
@@ -213,7 +259,7 @@ def blocks(path: Path) -> Iterator[bytes]:
 
 
 @contextmanager
-def open_lines(path: Path) -> Iterator[BinaryIO]:
+def open_lines(path: AnyPath) -> Iterator[BinaryIO]:
     """A manifest's content, decompressed when it is a `.jsonl.gz`."""
     with open_manifest(path) as handle:
         if str(path).endswith(".gz"):
@@ -227,7 +273,7 @@ GZIP_ERRORS = (gzip.BadGzipFile, EOFError, zlib.error)
 """What a damaged `.jsonl.gz` raises part way: its lines up to there are read, then one sample says why."""
 
 
-def count_lines(path: Path) -> int:
+def count_lines(path: AnyPath) -> int:
     """Lines in a manifest (decompressed), counted from its bytes (a last line without a newline counts),
     independently of parsing: the reconciliation check compares it with the number of samples. A damaged gzip
     stream counts one more: the sample that says so."""
@@ -262,7 +308,8 @@ def fingerprint_manifests(listing: ShardListing, previous: dict[str, str] | None
     """{shard: SHA-256 of its bytes} for every listed shard. A shard that cannot be read is fingerprinted by its
     problem, so that fixing it is a change; one that may still exist under a folder that could not be read keeps
     its `previous` fingerprint, so it is not taken for removed."""
-    fingerprints = {name: f"problem: {f.problem}" if f.problem else file_digest(f.path) for name, f in listing.files.items()}
+    fingerprints = {name: f"problem: {f.problem}" if f.problem else f.fingerprint or file_digest(f.path)  # type: ignore[arg-type]
+                    for name, f in listing.files.items()}
     fingerprints.update({name: fp for name, fp in (previous or {}).items()
                          if name not in fingerprints and listing.may_hold(name)})
     return fingerprints
@@ -287,10 +334,13 @@ def compare(previous: dict[str, str], current: dict[str, str]) -> ManifestChange
 
 
 def still_being_written(listing: ShardListing, settle_seconds: float) -> list[str]:
-    """Manifests modified within the last `settle_seconds`: a copy may still be in progress."""
+    """Manifests modified within the last `settle_seconds`: a copy may still be in progress (an object in a store
+    appears whole)."""
     now = time.time()
     busy = []
     for name, path in listing.readable.items():
+        if is_remote_path(path):
+            continue
         try:
             if now - path.stat().st_mtime < settle_seconds:
                 busy.append(name)

@@ -5,10 +5,10 @@ when both are set). The other columns are the sample's fields; sample id `<shard
 import base64
 import hashlib
 import json
-from pathlib import Path
 from typing import Any, Iterator
 
 from ..image_refs import parquet_item_ref
+from ..locations import AnyPath
 from ..schema import Sample, SampleKey, Status
 from .manifests import open_manifest
 from .samples import ImageItem, InlineImage, SampleRules, sample_from_images
@@ -18,7 +18,7 @@ class ShardError(ValueError):
     """A shard that cannot be read at all (not Parquet, no image column): the message names it and the setting."""
 
 
-def read_parquet_shard(path: Path, shard: str, rules: SampleRules) -> Iterator[Sample]:
+def read_parquet_shard(path: AnyPath, shard: str, rules: SampleRules) -> Iterator[Sample]:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -39,7 +39,7 @@ def read_parquet_shard(path: Path, shard: str, rules: SampleRules) -> Iterator[S
                                      path, rules)
 
 
-def parquet_sample(record: dict[str, Any], key: SampleKey, path: Path, rules: SampleRules) -> Sample:
+def parquet_sample(record: dict[str, Any], key: SampleKey, path: AnyPath, rules: SampleRules) -> Sample:
     cell = record.pop(rules.image_column)
     text = json.dumps(record, ensure_ascii=False, default=json_value)
     items, problem = image_items(cell, path, key.line_number - 1)
@@ -49,7 +49,7 @@ def parquet_sample(record: dict[str, Any], key: SampleKey, path: Path, rules: Sa
     return sample_from_images(key, items, text, path.parent, rules)
 
 
-def image_items(cell: Any, path: Path, row: int) -> tuple[list[ImageItem], str]:
+def image_items(cell: Any, path: AnyPath, row: int) -> tuple[list[ImageItem], str]:
     if cell is None:
         return [], "is null"
     if not isinstance(cell, list):

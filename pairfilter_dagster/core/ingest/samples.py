@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any, BinaryIO, Iterator, Sequence
 
 from ..images import is_within
+from ..locations import AnyPath, as_path, is_remote, is_remote_path, join_url, normalize_url, scheme_of, url_within
 from ..schema import DJ_STATS_FIELD, Sample, SampleKey, Status
 from .manifests import GZIP_ERRORS, open_lines
 from .pairing import DEFAULT_PAIRING, check_pairing, image_pairs, pair_count, pairing_problem
@@ -28,10 +29,10 @@ class SampleRules:
     how long a line and how many pairs a sample may be."""
 
     image_roots: tuple[str, ...]
-    """Folders (real paths, symlinks resolved) every image must lie in."""
+    """Folders (real paths, symlinks resolved; or URLs) every image must lie in."""
     pairing: str = DEFAULT_PAIRING
     data_root: str = ""
-    """The data folder's real path: manifests may lie in it or in the image roots."""
+    """The data folder's real path (or URL): manifests may lie in it or in the image roots."""
     max_pairs_per_sample: int = DEFAULT_MAX_PAIRS_PER_SAMPLE
     max_line_bytes: int = DEFAULT_MAX_LINE_BYTES
     image_column: str = "images"
@@ -39,13 +40,23 @@ class SampleRules:
 
     @classmethod
     def for_data_dir(
-        cls, data_dir: Path, image_roots: Sequence[str] = (), pairing: str = DEFAULT_PAIRING, **limits: Any
+        cls, data_dir: AnyPath, image_roots: Sequence[str] = (), pairing: str = DEFAULT_PAIRING, **limits: Any
     ) -> "SampleRules":
-        """Roots are absolute or relative to the data folder; none given means the data folder itself. A root
-        that is not an existing folder is refused (most likely a typo), naming the field."""
-        data_dir = Path(data_dir).expanduser()
+        """Roots are absolute, URLs, or relative to the data folder; none given means the data folder itself. A
+        local root that is not an existing folder is refused (most likely a typo), naming the field. For a remote
+        data folder, an absolute root is a path on its filesystem."""
+        data_dir = as_path(data_dir)
+        if is_remote_path(data_dir):
+            base = str(data_dir)
+            remote_roots = tuple(normalize_url(root) if is_remote(root) else join_url(base, root)
+                                 for root in image_roots or [base])
+            return cls(remote_roots, check_pairing(pairing), base, **limits)
+        data_dir = data_dir.expanduser()
         roots = []
         for root in image_roots or [str(data_dir)]:
+            if is_remote(root):
+                roots.append(normalize_url(root))
+                continue
             folder = data_dir / Path(root).expanduser()  # an absolute root replaces data_dir
             if not folder.is_dir():
                 raise ValueError(f"image_roots: {root!r} is not an existing folder (resolved to {folder})")
@@ -57,7 +68,7 @@ class SampleRules:
         return tuple(dict.fromkeys(root for root in (self.data_root, *self.image_roots) if root))
 
 
-def read_manifest(path: Path, manifest: str, rules: SampleRules) -> Iterator[Sample]:
+def read_manifest(path: AnyPath, manifest: str, rules: SampleRules) -> Iterator[Sample]:
     """The samples of a `.jsonl` (or `.jsonl.gz`) manifest, one per line."""
     line_number = 0
     with open_lines(path) as handle:
@@ -99,7 +110,7 @@ def bounded_lines(handle: BinaryIO, max_bytes: int) -> Iterator[tuple[bytes, boo
         yield preview, False
 
 
-def parse_line(raw_line: bytes, *, manifest: str, line_number: int, base_dir: Path, rules: SampleRules) -> Sample:
+def parse_line(raw_line: bytes, *, manifest: str, line_number: int, base_dir: AnyPath, rules: SampleRules) -> Sample:
     """One manifest line as a sample: ok (with its image pairs) or rejected with the first problem found."""
     sample_id = f"{manifest}:{line_number}"
 
@@ -141,7 +152,7 @@ ImageItem = str | InlineImage
 """A path as written in the sample (relative to the shard's folder, or absolute), or an image held in the shard."""
 
 
-def sample_from_images(key: SampleKey, images: Sequence[ImageItem], text: str, base_dir: Path,
+def sample_from_images(key: SampleKey, images: Sequence[ImageItem], text: str, base_dir: AnyPath,
                        rules: SampleRules) -> Sample:
     """A sample of any shard format from its images: ok (with its image pairs) or rejected with the first problem
     found. Two images are the same when their resolved paths are, or (held in the shard) their contents."""
@@ -154,8 +165,8 @@ def sample_from_images(key: SampleKey, images: Sequence[ImageItem], text: str, b
     if pairs_wanted > rules.max_pairs_per_sample:
         return rejected(Status.TOO_MANY_PAIRS, f"{len(images)} images make {pairs_wanted} pairs under pairing "
                         f"{rules.pairing}, more than max_pairs_per_sample={rules.max_pairs_per_sample}")
-    refs = tuple(image.ref if isinstance(image, InlineImage) else image if is_url(image)
-                 else resolve_image_path(image, base_dir) for image in images)
+    refs = tuple(image.ref if isinstance(image, InlineImage) else resolve_image_path(image, base_dir)
+                 for image in images)
     identities = [image.content_hash if isinstance(image, InlineImage) else ref for image, ref in zip(images, refs)]
     pairing = pairing_problem(len(images), rules.pairing)
     if pairing:
@@ -166,14 +177,16 @@ def sample_from_images(key: SampleKey, images: Sequence[ImageItem], text: str, b
             else f"the same file appears twice: {twice!r}"
         return rejected(Status.NOT_A_PAIR, what, refs)
     paths = [(image, ref) for image, ref in zip(images, refs) if isinstance(image, str)]
-    urls = [image for image, _ in paths if is_url(image)]
+    schemes = {scheme_of(root) for root in rules.image_roots if is_remote(root)}
+    urls = [image for image, ref in paths if is_url(ref) and scheme_of(ref) not in schemes]
     if urls:
-        return rejected(Status.URL_NOT_ALLOWED, f"images must be local files; URLs are never fetched: {urls[0]!r}",
-                        refs)
-    outside = [(image, path) for image, path in paths if not is_within(os.path.realpath(path), rules.image_roots)]
+        return rejected(Status.URL_NOT_ALLOWED, f"images must be files on the data's filesystem or in an image root; "
+                        f"URLs of other schemes are never fetched: {urls[0]!r}", refs)
+    outside = [(image, path) for image, path in paths if not path_allowed(path, rules.image_roots)]
     if outside:
         image, path = outside[0]
-        return rejected(Status.PATH_NOT_ALLOWED, f"image path {image!r} resolves to {os.path.realpath(path)}, "
+        where = path if is_remote(path) else os.path.realpath(path)
+        return rejected(Status.PATH_NOT_ALLOWED, f"image path {image!r} resolves to {where}, "
                                                  f"outside the allowed image roots {list(rules.image_roots)}", refs)
     return Sample(sample_id=key.sample_id, manifest=key.manifest, line_number=key.line_number, images=refs,
                   sample_json=text, image_pairs=tuple(image_pairs(len(images), rules.pairing)))
@@ -219,6 +232,15 @@ def is_url(image: str) -> bool:
     return bool(URL_PATTERN.match(image))
 
 
-def resolve_image_path(image: str, base_dir: Path) -> str:
-    """Relative paths resolve against the manifest's folder; absolute paths stay as they are (normalised)."""
+def resolve_image_path(image: str, base_dir: AnyPath) -> str:
+    """Relative paths resolve against the manifest's folder (a URL against a remote one); absolute paths stay on
+    the manifest's filesystem, URLs as they are (normalised)."""
+    if is_url(image):
+        return normalize_url(image) if is_remote(image) else image
+    if is_remote_path(base_dir):
+        return join_url(str(base_dir), image)
     return os.path.normpath(os.path.join(base_dir, image))
+
+
+def path_allowed(path: str, roots: tuple[str, ...]) -> bool:
+    return url_within(path, roots) if is_remote(path) else is_within(os.path.realpath(path), roots)

@@ -8,11 +8,11 @@ import json
 import posixpath
 import tarfile
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator
 
 from ..image_refs import tar_member_ref
 from ..images import DEFAULT_MAX_IMAGE_BYTES
+from ..locations import AnyPath
 from ..schema import Sample, SampleKey, Status
 from .manifests import open_manifest
 from .parquet_shards import ShardError
@@ -44,7 +44,7 @@ class KeyMembers:
     problem: str = ""
 
 
-def read_tar_shard(path: Path, shard: str, rules: SampleRules) -> Iterator[Sample]:
+def read_tar_shard(path: AnyPath, shard: str, rules: SampleRules) -> Iterator[Sample]:
     keys: dict[str, KeyMembers] = {}
     with open_manifest(path) as handle:
         try:
@@ -63,7 +63,7 @@ def read_tar_shard(path: Path, shard: str, rules: SampleRules) -> Iterator[Sampl
         yield tar_sample(SampleKey(sample_id=f"{shard}:{key}", manifest=shard, line_number=number), members, path, rules)
 
 
-def collect(archive: tarfile.TarFile, member: tarfile.TarInfo, keys: dict[str, KeyMembers], path: Path,
+def collect(archive: tarfile.TarFile, member: tarfile.TarInfo, keys: dict[str, KeyMembers], path: AnyPath,
             rules: SampleRules) -> None:
     if not member.isfile():
         return
@@ -86,7 +86,7 @@ def collect(archive: tarfile.TarFile, member: tarfile.TarInfo, keys: dict[str, K
             members.text = data.decode("utf-8", errors="replace")
 
 
-def tar_sample(key: SampleKey, members: KeyMembers, path: Path, rules: SampleRules) -> Sample:
+def tar_sample(key: SampleKey, members: KeyMembers, path: AnyPath, rules: SampleRules) -> Sample:
     record, problem = parse_json_object(members.json_text) if members.json_text is not None else ({}, "")
     if members.text is not None and "text" not in record:
         record["text"] = members.text
