@@ -1,11 +1,12 @@
 """What every embedding engine does: turn (content hash, image path) items into embeddings or reasons."""
 
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator, Protocol
+from typing import Any, Iterator, Protocol
 
 import numpy as np
 
-from ..images import ImageAccess, ImageDecodeError, ImageRefused, decode_rgb, read_verified
+from ..images import ImageAccess, ImageDecodeError, ImageRefused, read_verified
+from .preprocess import ImagePreparation
 
 
 @dataclass
@@ -32,12 +33,11 @@ class EmbeddingEngine(Protocol):
     def __exit__(self, *exc: Any) -> None: ...
 
 
-def prepare_pixels(
-    preprocess: Callable[[Any], np.ndarray], path: str, content_hash: str, access: ImageAccess
-) -> np.ndarray | str:
-    """One image file's pixel values, or why it cannot be used: every engine gives the same reason."""
+def prepare_pixels(preparation: ImagePreparation, path: str, content_hash: str, access: ImageAccess) -> np.ndarray | str:
+    """One image file's pixel values, decoded from the bytes that were hashed, or why it cannot be used: every
+    engine gives the same reason."""
     try:
-        return preprocess(decode_rgb(path, read_verified(path, content_hash, access)))
+        return preparation.pixels(preparation.decode(path, read_verified(path, content_hash, access)))
     except ImageRefused as exc:
         return exc.reason
     except ImageDecodeError as exc:

@@ -60,7 +60,7 @@ class LocalEngine:
     def _prepared(self, todo: list[tuple[str, str]], access: ImageAccess) -> Iterator[tuple[str, np.ndarray | str]]:
         """Decoded, preprocessed pixels (or a decode error) in input order, at most two batches ahead."""
         items = iter(todo)
-        submit = lambda item: self._pool.submit(prepare_pixels, self.embedder.preprocess, item[1], item[0], access)  # noqa: E731
+        submit = lambda item: self._pool.submit(prepare_pixels, self.embedder.preparation, item[1], item[0], access)  # noqa: E731
         pending = deque((item[0], submit(item)) for item in itertools.islice(items, 2 * self.batch_size))
         while pending:
             content_hash, future = pending.popleft()

@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from .preprocess import ImagePreparation
+
 if TYPE_CHECKING:
     from PIL import Image
 
@@ -80,6 +82,7 @@ class ClipEmbedder:
         self.image_processor = image_processor
         self.spec = spec
         self.device = device
+        self.preparation = ImagePreparation(image_processor)
         self.forward_passes = 0
         self.images_embedded = 0
         self._model_key: str | None = None
@@ -148,7 +151,7 @@ class ClipEmbedder:
 
     def preprocess(self, image: "Image.Image") -> np.ndarray:
         """One image's pixel values (C, H, W); thread-safe, so worker threads can prepare batches."""
-        return pixel_values(self.image_processor, image)
+        return self.preparation.pixels(image)
 
     def embed_pixels(self, pixel_values: Any) -> np.ndarray:
         """One forward pass over a batch (tensor or stacked numpy array); rows are L2-normalised float32."""
@@ -219,11 +222,6 @@ def load_image_processor(spec: ModelSpec, source: str | None = None) -> Any:
     return AutoImageProcessor.from_pretrained(
         source or model_source(spec), revision=spec.revision, trust_remote_code=spec.trust_remote_code
     )
-
-
-def pixel_values(image_processor: Any, image: "Image.Image") -> np.ndarray:
-    """One image's pixel values (C, H, W) as the image processor makes them: every engine preprocesses this way."""
-    return image_processor(images=[image], return_tensors="np")["pixel_values"][0]
 
 
 TEXT_SIDE_WEIGHTS = ("text_model.", "text_projection.", "logit_scale", "logit_bias")

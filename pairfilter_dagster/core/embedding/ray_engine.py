@@ -1,7 +1,7 @@
 """The Ray engine: the images to embed (cache misses only) go through Ray Data instead of this process.
 
-Two stages: CPU tasks decode and preprocess (`decode_rgb` and the checkpoint's own image processor, the same code as
-the local engine, so scores agree to float rounding), then a pool of actors, each loading the model once with
+Two stages: CPU tasks decode and preprocess (`preprocess.ImagePreparation` over the checkpoint's own image processor,
+the same code as the local engine, so scores agree to float rounding), then a pool of actors, each loading the model once with
 `ClipEmbedder.load` (the same `from_pretrained` path), embeds batches. The driver (the Dagster step) receives
 embeddings and errors and is the only one that writes DuckDB; workers only read image files, which must be at the
 same paths on every node (a shared filesystem or object-storage mount on a cluster).
@@ -25,7 +25,8 @@ import numpy as np
 
 from ..images import ImageAccess
 from .engine import EmbeddedBatch, prepare_pixels
-from .model import ClipEmbedder, ModelSpec, load_image_processor, pixel_values
+from .model import ClipEmbedder, ModelSpec, load_image_processor
+from .preprocess import ImagePreparation
 
 INSTALL_HINT = "the Ray engine (clip resource: ray) needs Ray: pip install 'pairfilter-dagster[ray]'"
 PREPROCESS_BATCH = 16
@@ -73,14 +74,9 @@ def ray_session(address: str | None = None, *, log: Callable[[str], None] | None
 
 
 @functools.lru_cache(maxsize=4)
-def _image_processor(spec: ModelSpec) -> Any:
-    """The checkpoint's image processor, loaded once per worker process."""
-    return load_image_processor(spec)
-
-
-def _preprocess(image: Any, spec: ModelSpec) -> np.ndarray:
-    """Exactly `ClipEmbedder.preprocess`, with the processor of this worker process."""
-    return pixel_values(_image_processor(spec), image)
+def _preparation(spec: ModelSpec) -> ImagePreparation:
+    """Exactly `ClipEmbedder.preparation`, with the checkpoint's image processor loaded once per worker process."""
+    return ImagePreparation(load_image_processor(spec))
 
 
 @functools.lru_cache(maxsize=4)
@@ -88,7 +84,7 @@ def _pixel_shape(spec: ModelSpec) -> tuple[int, ...]:
     """The shape of one image's pixel values, for the zero rows that stand in for images that failed."""
     from PIL import Image
 
-    return _preprocess(Image.new("RGB", (64, 64)), spec).shape
+    return _preparation(spec).pixels(Image.new("RGB", (64, 64))).shape
 
 
 def preprocess_batch(batch: dict[str, np.ndarray], spec: ModelSpec, access: ImageAccess) -> dict[str, np.ndarray]:
@@ -96,7 +92,7 @@ def preprocess_batch(batch: dict[str, np.ndarray], spec: ModelSpec, access: Imag
     that would fail the dataset; its pixel values are zeros."""
     pixels, errors = [], []
     for path, content_hash in zip(batch["path"], batch["content_hash"]):
-        prepared = prepare_pixels(functools.partial(_preprocess, spec=spec), str(path), str(content_hash), access)
+        prepared = prepare_pixels(_preparation(spec), str(path), str(content_hash), access)
         if isinstance(prepared, str):
             errors.append(prepared)
             prepared = np.zeros(_pixel_shape(spec), dtype=np.float32)
