@@ -132,7 +132,7 @@ def test_actors_run_on_cuda_exactly_when_they_get_a_gpu(tiny_clip_dir):
     spec = ModelSpec(str(tiny_clip_dir))  # device auto
     assert RayEngine(spec, batch_size=4).actor_spec.device == "cpu"
     assert RayEngine(spec, batch_size=4, settings=RaySettings(num_gpus=1)).actor_spec.device == "cuda"
-    assert RayEngine(ModelSpec(str(tiny_clip_dir), device="cuda", dtype="float16"), batch_size=4,
+    assert RayEngine(ModelSpec(str(tiny_clip_dir), device="cuda", dtype="float16", precision="fast"), batch_size=4,
                      settings=RaySettings(num_gpus=0.5)).actor_spec.device == "cuda"
 
 

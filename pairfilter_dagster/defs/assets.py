@@ -156,6 +156,7 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
                 "model": clip.hf_clip,
                 "model_key": clip.embedder.model_key[:16],
                 "device": clip.embedder.device,
+                **clip.run_metadata(),
                 "engine": clip.engine_name,
                 "statuses": statuses_metadata(),
             }

@@ -76,8 +76,14 @@ class ClipModel(dg.ConfigurableResource):
         default=False, description="Allow custom model code from the hub. Off unless you trust the repository."
     )
     device: Literal["auto", "cpu", "cuda"] = Field(default="auto", description="auto picks cuda when available.")
-    dtype: Literal["float32", "float16", "bfloat16"] = Field(
-        default="float32", description="Half precision (cuda only) is faster and approximate."
+    precision: Literal["exact", "fast"] = Field(
+        default="exact", description="exact: float32 and full-size decoding, Data-Juicer's scores. fast: bfloat16 on "
+        "CPUs with AMX or AVX-512 BF16 (float32 on others, which the log says), float16 on cuda, and reduced-size "
+        "decoding; faster, approximate scores (docs/performance.md)."
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto", description="auto: chosen by precision. An explicit dtype overrides that choice: float16 / "
+        "bfloat16 need precision fast, float16 needs cuda."
     )
     batch_size: int = Field(default=32, ge=1, description="Images per forward pass (per actor call with ray).")
     compile: bool = Field(
@@ -96,25 +102,35 @@ class ClipModel(dg.ConfigurableResource):
     _log: Any = PrivateAttr(default=None)
 
     @model_validator(mode="after")
-    def _ray_settings(self) -> "ClipModel":
+    def _model_and_ray_settings(self) -> "ClipModel":
+        spec = self.model_spec()  # raises ValueError naming the fields (precision and dtype that contradict)
         if self.ray is not None:
             if not ray_installed():
                 raise ValueError(INSTALL_HINT)
-            self.ray.settings().actor_spec(self.model_spec())  # raises ValueError naming the field
+            self.ray.settings().check(spec)
         return self
 
     def model_spec(self) -> ModelSpec:
-        return ModelSpec(self.hf_clip, self.revision, self.trust_remote_code, self.device, self.dtype, self.compile)
+        dtype = None if self.dtype == "auto" else self.dtype
+        return ModelSpec(self.hf_clip, self.revision, self.trust_remote_code, self.device, dtype, self.compile,
+                         self.precision)
 
     def setup_for_execution(self, context: dg.InitResourceContext) -> None:
         spec = self.model_spec()
         if self.ray is not None:
             spec = self.ray.settings().step_spec(spec)
-        self._embedder = ClipEmbedder.load(spec)  # first: a model that cannot load fails before any work
+        self._embedder = embedder = ClipEmbedder.load(spec)  # first: a model that cannot load fails before any work
         self._log = context.log
         if context.log:
             where = f", embedding on Ray ({self.ray.actors} actor(s))" if self.ray else ""
-            context.log.info(f"Loaded CLIP model {self.hf_clip!r} on {self._embedder.device} ({self.dtype}){where}")
+            context.log.info(f"Loaded CLIP model {self.hf_clip!r} on {embedder.device} in {embedder.dtype} "
+                             f"({embedder.dtype_reason}){where}")
+            if self.precision == "fast" and self.dtype == "auto" and embedder.dtype == "float32":
+                context.log.warning(embedder.dtype_reason)
+
+    def run_metadata(self) -> dict[str, str]:
+        """What the stats asset records of how the model ran: the precision and the dtype it resolved to."""
+        return {"precision": self.precision, "dtype": self.embedder.dtype}
 
     @property
     def embedder(self) -> ClipEmbedder:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, Sequence
 
 import numpy as np
 
+from .precision import check_precision, run_dtype
 from .preprocess import ImagePreparation
 
 if TYPE_CHECKING:
@@ -42,17 +43,21 @@ class ModelSpec:
     revision: str | None = None
     trust_remote_code: bool = False
     device: str = "auto"
-    dtype: str = "float32"
+    dtype: str | None = None
+    """None: chosen by `precision` (`precision.run_dtype`); an explicit half dtype needs precision fast."""
     compile: bool = False
     """torch.compile the image tower (one compiled batch shape; docs/performance.md has its measured gain)."""
+    precision: str = "exact"
+    """exact (float32, full-size decoding, Data-Juicer's scores) or fast (`precision`)."""
 
     def __post_init__(self) -> None:
         if not self.hf_clip:
             raise ValueError("hf_clip: give a Hugging Face model id or a local folder")
         if self.device not in DEVICES:
             raise ValueError(f"device: must be one of {', '.join(DEVICES)}, got {self.device!r}")
-        if self.dtype not in DTYPES:
+        if self.dtype is not None and self.dtype not in DTYPES:
             raise ValueError(f"dtype: must be one of {', '.join(DTYPES)}, got {self.dtype!r}")
+        check_precision(self.precision, self.dtype)
 
 
 def _load_failure(spec: ModelSpec, cause: Exception) -> ModelLoadError:
@@ -77,12 +82,15 @@ class ClipEmbedder:
     """Unit-length image embeddings (CLIP, SigLIP, any model with `get_image_features`); the cosine of two of them
     is Data-Juicer's `image_pair_similarity`."""
 
-    def __init__(self, model: Any, image_processor: Any, spec: ModelSpec, device: str) -> None:
+    def __init__(self, model: Any, image_processor: Any, spec: ModelSpec, device: str, dtype_reason: str = "") -> None:
         self.model = model
         self.image_processor = image_processor
         self.spec = spec
         self.device = device
-        self.preparation = ImagePreparation(image_processor)
+        self.dtype = str(model.dtype).removeprefix("torch.")
+        self.dtype_reason = dtype_reason
+        """Why the model runs in this dtype (the precision's choice for this hardware), for the log."""
+        self.preparation = ImagePreparation(image_processor, spec.precision)
         self.forward_passes = 0
         self.images_embedded = 0
         self._model_key: str | None = None
@@ -103,13 +111,12 @@ class ClipEmbedder:
 
         source = model_source(spec)
         device = resolve_device(spec.device)
-        if spec.dtype != "float32" and device != "cuda":
-            raise ValueError(f"dtype: {spec.dtype} needs device cuda; on {device} use float32")
+        dtype, dtype_reason = run_dtype(spec.precision, spec.dtype, device)
         common: dict[str, Any] = {"revision": spec.revision, "trust_remote_code": spec.trust_remote_code}
         try:
             config = AutoConfig.from_pretrained(source, **common)
             model_class = image_model_class(config, spec)
-            model = model_class.from_pretrained(source, config=config, dtype=getattr(torch, spec.dtype), **common)
+            model = model_class.from_pretrained(source, config=config, dtype=getattr(torch, dtype), **common)
             if not callable(getattr(model, "get_image_features", None)):  # remote code: known only once loaded
                 raise no_image_features(spec, f"loads as {type(model).__name__}, which has no get_image_features")
             image_processor = load_image_processor(spec, source)
@@ -118,7 +125,7 @@ class ClipEmbedder:
         except Exception as exc:  # hub, network, file and config errors all come out as one clear message
             raise _load_failure(spec, exc) from exc
         model.to(device).eval()  # type: ignore[arg-type]
-        return cls(model, image_processor, spec, device)
+        return cls(model, image_processor, spec, device, dtype_reason)
 
     def _probe_dimension(self) -> int:
         """The length of an embedding, from a blank image (uncompiled, not counted as a forward pass): a model whose
@@ -142,11 +149,11 @@ class ClipEmbedder:
 
     @property
     def model_key(self) -> str:
-        """Identity of what produces the embeddings: a hash of the weights as loaded, the dtype, the model class and
-        the image processor's class and settings. Two checkpoints share cached embeddings only if all of these
-        agree."""
+        """Identity of what produces the embeddings: a hash of the weights as loaded, the dtype, the precision, the
+        model class and the image processor's class and settings. Two checkpoints share cached embeddings only if
+        all of these agree."""
         if self._model_key is None:
-            self._model_key = model_fingerprint(self.model, self.image_processor, self.spec.dtype)
+            self._model_key = model_fingerprint(self.model, self.image_processor, self.dtype, self.spec.precision)
         return self._model_key
 
     def preprocess(self, image: "Image.Image") -> np.ndarray:
@@ -228,16 +235,24 @@ TEXT_SIDE_WEIGHTS = ("text_model.", "text_projection.", "logit_scale", "logit_bi
 """Weights that cannot change an image embedding (the text tower, the contrastive loss's scale and bias)."""
 
 
-def model_fingerprint(model: Any, image_processor: Any, dtype: str) -> str:
+FAST_DECODING = "precision=fast;decode=draft+reduce;v1"
+"""Hashed into the key of every fast-precision model: its reduced decoding changes the pixel values, whatever the
+dtype. Change it when that decoding changes."""
+
+
+def model_fingerprint(model: Any, image_processor: Any, dtype: str, precision: str = "exact") -> str:
     """sha256 over every weight but the text side's (names and bytes), the dtype, the image processor's class and
-    settings, and the model class unless it is CLIPModel: two families never share embeddings, while the keys of CLIP
-    caches written before other families were supported stay what they were."""
+    settings, the precision unless it is exact, and the model class unless it is CLIPModel: two families or
+    precisions never share embeddings, while the keys of exact CLIP caches written before other families (and the
+    fast precision, and the direct preprocessing, which gives the processor's values) stay what they were."""
     import torch
 
     digest = hashlib.sha256()
     settings = {"class": type(image_processor).__name__, **image_processor.to_dict()}
     digest.update(json.dumps(settings, sort_keys=True, default=str).encode())
     digest.update(dtype.encode())
+    if precision != "exact":
+        digest.update(FAST_DECODING.encode())
     if type(model).__name__ != "CLIPModel":
         digest.update(f"model_class={type(model).__name__}".encode())
     for name, tensor in sorted(model.state_dict().items()):

@@ -26,6 +26,7 @@ import numpy as np
 from ..images import ImageAccess
 from .engine import EmbeddedBatch, prepare_pixels
 from .model import ClipEmbedder, ModelSpec, load_image_processor
+from .precision import run_dtype
 from .preprocess import ImagePreparation
 
 INSTALL_HINT = "the Ray engine (clip resource: ray) needs Ray: pip install 'pairfilter-dagster[ray]'"
@@ -76,7 +77,7 @@ def ray_session(address: str | None = None, *, log: Callable[[str], None] | None
 @functools.lru_cache(maxsize=4)
 def _preparation(spec: ModelSpec) -> ImagePreparation:
     """Exactly `ClipEmbedder.preparation`, with the checkpoint's image processor loaded once per worker process."""
-    return ImagePreparation(load_image_processor(spec))
+    return ImagePreparation(load_image_processor(spec), spec.precision)
 
 
 @functools.lru_cache(maxsize=4)
@@ -143,18 +144,25 @@ class RaySettings:
         if self.num_gpus < 0 or self.num_cpus < 0:
             raise ValueError("ray.num_cpus, ray.num_gpus: must not be negative")
 
-    def actor_spec(self, spec: ModelSpec) -> ModelSpec:
-        """The model as the actors load it: on cuda when they get a GPU, else on cpu."""
+    def check(self, spec: ModelSpec) -> None:
+        """Refuse a model these actors cannot run (raises ValueError naming the field); needs no torch."""
         if spec.device == "cuda" and self.num_gpus == 0:
             raise ValueError("device: 'cuda' with the Ray engine needs ray.num_gpus > 0 (GPUs per actor)")
-        if spec.dtype != "float32" and self.num_gpus == 0:
-            raise ValueError(f"dtype: {spec.dtype} needs GPU actors (ray.num_gpus > 0); on cpu use float32")
-        return replace(spec, device="cuda" if self.num_gpus > 0 else "cpu")
+        if spec.dtype == "float16" and self.num_gpus == 0:
+            raise ValueError("dtype: float16 needs GPU actors (ray.num_gpus > 0); on cpu leave dtype unset")
+
+    def actor_spec(self, spec: ModelSpec) -> ModelSpec:
+        """The model as the actors load it: on cuda when they get a GPU, else on cpu, in the dtype the precision
+        chooses there, resolved here in the step: actors on other CPUs run in it too, as the cache key says."""
+        self.check(spec)
+        device = "cuda" if self.num_gpus > 0 else "cpu"
+        return replace(spec, device=device, dtype=run_dtype(spec.precision, spec.dtype, device)[0])
 
     def step_spec(self, spec: ModelSpec) -> ModelSpec:
         """The model as the step loads it, only to compute the cache key (a hash of the weights as loaded): the
-        same bytes on cpu for float32, so the step needs no GPU."""
-        return replace(spec, device="cpu") if spec.dtype == "float32" else spec
+        same bytes on cpu for float32 and bfloat16, so the step needs no GPU (float16 is hashed as cuda loads it)."""
+        actor = self.actor_spec(spec)
+        return actor if actor.dtype == "float16" else replace(actor, device="cpu")
 
 
 class RayEngine:
