@@ -1,10 +1,13 @@
+import hashlib
+
 import numpy as np
 import pytest
 
 from pairfilter_dagster.core import store
-from pairfilter_dagster.core.embedding.cache import EmbeddingCache
+from pairfilter_dagster.core.embedding.cache import EmbeddingCache, MemoryCache
 from pairfilter_dagster.core.embedding.local import LocalEngine
 from pairfilter_dagster.core.embedding.model import ClipEmbedder, ModelSpec
+from pairfilter_dagster.core.images import ImageAccess
 from pairfilter_dagster.core.progress import progress_logger
 from pairfilter_dagster.core.schema import Status
 from pairfilter_dagster.core.scoring import PairScorer, chunked, cosine, score_samples
@@ -104,3 +107,29 @@ def test_cosine_of_unit_vectors_stays_in_range():
     v = np.array([0.6, 0.8000001], dtype=np.float32)
     assert cosine(v, v) == 1.0
     assert cosine(v, -v) == -1.0
+
+
+def test_decode_processes_and_threads_give_the_same_embeddings(embedder, tmp_path):
+    names = ["cat.jpg", "img1.png", "img9.jpg", "img3.jpg", "img2_small.png"]
+    todo = [(hashlib.sha256((PHOTOS / name).read_bytes()).hexdigest(), str(PHOTOS / name)) for name in names]
+    todo.append(("0" * 64, str(PHOTOS / "cat.jpg")))  # content that is not the hashed one
+    embedded = {}
+    for processes in (True, False):
+        with LocalEngine(embedder, batch_size=2, workers=2, processes=processes) as engine:
+            batches = list(engine.embed(todo, ImageAccess()))
+        embedded[processes] = batches
+        assert sum(batch.forward_passes for batch in batches) == 3
+    (errors,) = {tuple(sorted(e for b in batches for e in b.errors.values())) for batches in embedded.values()}
+    assert len(errors) == 1 and "changed while the run read it" in errors[0]
+    vectors = [{h: v for b in batches for h, v in b.embeddings.items()} for batches in embedded.values()]
+    assert vectors[0].keys() == vectors[1].keys() and len(vectors[0]) == 5
+    assert all(np.array_equal(vectors[0][h], vectors[1][h]) for h in vectors[0])
+
+
+def test_a_run_that_finds_everything_cached_starts_no_decode_worker(embedder, tmp_path):
+    samples = manifest_of(tmp_path, [(PHOTOS / "cat.jpg", PHOTOS / "img2.jpg")])
+    cache = MemoryCache()
+    score_samples(samples, embedder, batch_size=8, cache=cache)
+    with LocalEngine(embedder, batch_size=8) as engine, PairScorer(engine, cache) as scorer:
+        rows = scorer.score_chunk(samples)
+        assert engine._pool is None and rows[0].status is Status.OK

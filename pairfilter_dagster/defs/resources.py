@@ -91,8 +91,8 @@ class ClipModel(dg.ConfigurableResource):
         "seconds per run; worth it for large runs.",
     )
     decode_workers: int = Field(
-        default=DEFAULT_DECODE_WORKERS, ge=1, description="Threads that decode and preprocess images while the "
-        "model runs (and hash image files, with either engine)."
+        default=DEFAULT_DECODE_WORKERS, ge=1, description="Processes that decode and preprocess images while the "
+        "model runs (default: one per two cores), and threads that hash image files (with either engine)."
     )
     ray: Optional[RayConfig] = Field(
         default=None, description="Embed on Ray (pip install 'pairfilter-dagster[ray]'); None: in the step's process."
