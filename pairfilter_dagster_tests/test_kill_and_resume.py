@@ -30,7 +30,7 @@ def die_after_some_batches(report, refs_done):
 with store.connect(data / "pairfilter.duckdb") as conn:
     stages.ingest(conn, read_samples(data / "raw"))
     with LocalEngine(embedder, batch_size=2) as engine:
-        stages.score(conn, embedder, engine, workers=2, on_progress=die_after_some_batches)
+        stages.score(conn, embedder, engine, on_progress=die_after_some_batches)
 """
 
 

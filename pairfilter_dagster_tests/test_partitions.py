@@ -78,7 +78,7 @@ def unpartitioned_pipeline(data_dir, embedder, out_dir) -> dict:
     with store.connect(database) as conn:
         stages.ingest(conn, read_samples(data_dir / "raw", SampleRules.for_data_dir(data_dir)))
         with LocalEngine(embedder, batch_size=4) as engine:
-            stages.score(conn, embedder, engine, workers=2)
+            stages.score(conn, embedder, engine)
         stages.filter_and_publish(conn, FilterSettings(), jsonl, data_dir / "raw")
     return snapshot(database, jsonl)
 

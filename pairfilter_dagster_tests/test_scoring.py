@@ -1,4 +1,7 @@
 import hashlib
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -13,7 +16,7 @@ from pairfilter_dagster.core.schema import Status
 from pairfilter_dagster.core.scoring import PairScorer, chunked, cosine, score_samples
 from pairfilter_dagster.testing import PHOTOS, write_clip_checkpoint
 
-from .conftest import read_samples_with_photos, write_manifest
+from .conftest import REPO, read_samples_with_photos, write_manifest
 
 
 def manifest_of(tmp_path, pairs):
@@ -133,3 +136,39 @@ def test_a_run_that_finds_everything_cached_starts_no_decode_worker(embedder, tm
     with LocalEngine(embedder, batch_size=8) as engine, PairScorer(engine, cache) as scorer:
         rows = scorer.score_chunk(samples)
         assert engine._pool is None and rows[0].status is Status.OK
+
+
+UNGUARDED_SCRIPT = """
+import sys
+from pathlib import Path
+with open(sys.argv[2], "a") as marker:
+    marker.write("top level ran\\n")
+from pairfilter_dagster.core.embedding.local import LocalEngine
+from pairfilter_dagster.core.embedding.model import ClipEmbedder, ModelSpec
+from pairfilter_dagster.core.scoring import score_samples
+from pairfilter_dagster_tests.conftest import read_samples_with_photos
+
+embedder = ClipEmbedder.load(ModelSpec(sys.argv[1], device="cpu"))
+engine = LocalEngine(embedder, batch_size=2)
+with engine:
+    rows, _ = score_samples(read_samples_with_photos(Path(sys.argv[3])), embedder, batch_size=2, engine=engine)
+print(engine.processes, [row.status.value for row in rows])
+"""
+
+
+@pytest.mark.parametrize("guarded", [False, True])
+def test_a_script_scores_in_worker_processes_only_when_its_top_level_is_guarded(tmp_path, tiny_clip_dir, guarded):
+    """Worker processes import the main script first: one without `if __name__ == "__main__":` would run again in
+    each of them, so it decodes in threads instead; either way its top level runs once."""
+    manifest_of(tmp_path, [(PHOTOS / "cat.jpg", PHOTOS / "img2.jpg"), (PHOTOS / "img3.jpg", PHOTOS / "img1.png")])
+    body = UNGUARDED_SCRIPT
+    if guarded:
+        body = "def main():\n" + "".join(f"    {line}\n" for line in body.strip().splitlines()) + \
+            'if __name__ == "__main__":\n    main()\n'
+    script, marker = tmp_path / "score.py", tmp_path / "marker.txt"
+    script.write_text(body)
+    done = subprocess.run([sys.executable, str(script), str(tiny_clip_dir), str(marker), str(tmp_path / "raw")],
+                          capture_output=True, text=True, timeout=300, cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == f"{guarded} ['ok', 'ok']"
+    assert marker.read_text().splitlines() == ["top level ran"]

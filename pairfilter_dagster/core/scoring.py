@@ -7,7 +7,6 @@ through the cache. Only the scorer, in the Dagster step, writes the cache."""
 
 import itertools
 import time
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, TypeVar
@@ -19,12 +18,19 @@ from .embedding.engine import EmbeddingEngine
 from .embedding.local import DEFAULT_CHUNK_SAMPLES, DEFAULT_DECODE_WORKERS, LocalEngine
 from .embedding.model import ClipEmbedder
 from .images import ImageAccess, ImageFile, inspect_image_file
+from .processes import WorkerProcesses, available_cores, processes_allowed
 from .schema import Sample, StatsRow, Status
 
 if TYPE_CHECKING:
     from .progress import ProgressCallback
 
 T = TypeVar("T")
+HASH_BATCH = 64
+"""Image files per hashing task (a chunk with no more is hashed in the step's process, starting no worker): one
+task per file cost as much as a small file's hash."""
+DEFAULT_HASH_WORKERS = available_cores()
+"""Hashing processes: the step waits while they work, so every core hashes (2 cores: 0.6x the time per file of
+hashing in the step's own process)."""
 
 
 @dataclass
@@ -39,6 +45,9 @@ class ScoringReport:
     decode_failures: int = 0
     seconds: float = 0.0
     status_counts: dict[Status, int] = field(default_factory=dict)
+    stage_seconds: dict[str, float] = field(default_factory=dict)
+    """Seconds per stage of the work outside the model: hash (reading and hashing files), cache (lookups), embed
+    (the engine, model included), rows (scores and rows); `stages.score` adds read and write (the tables)."""
 
     @property
     def images_per_second(self) -> float:
@@ -50,15 +59,15 @@ class ScoringReport:
 
 
 class PairScorer:
-    """Scores chunks of samples with one embedding engine, one cache and one pool of threads that hash image
-    files."""
+    """Scores chunks of samples with one embedding engine, one cache and worker processes that hash image files
+    (`processes.WorkerProcesses`, started on the first chunk that needs them)."""
 
     def __init__(
         self,
         engine: EmbeddingEngine,
         cache: Cache | None = None,
         *,
-        workers: int = DEFAULT_DECODE_WORKERS,
+        hash_workers: int = DEFAULT_HASH_WORKERS,
         access: ImageAccess = ImageAccess(),
         on_progress: "ProgressCallback | None" = None,
     ) -> None:
@@ -67,30 +76,38 @@ class PairScorer:
         self.access = access
         self.on_progress = on_progress
         self.report = ScoringReport()
-        self._pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="pairfilter-hash")
+        self.hash_workers = hash_workers
+        self._hashing: WorkerProcesses | None = None
         self._started = time.perf_counter()
 
     def __enter__(self) -> "PairScorer":
         return self
 
     def __exit__(self, *exc: Any) -> None:
-        self._pool.shutdown(wait=True, cancel_futures=True)
+        if self._hashing is not None:
+            self._hashing.close()
+            self._hashing = None
 
     def score_chunk(self, samples: Sequence[Sample]) -> list[StatsRow]:
+        timer = StageTimer(self.report.stage_seconds)
         paths = list(dict.fromkeys(p for s in samples if s.status is Status.OK for p in s.images))
-        files = dict(zip(paths, self._pool.map(self._inspect, paths)))
+        files = {image_file.path: image_file for image_file in self._inspect(paths)}
         first_path: dict[str, str] = {}
         for image_file in files.values():
             if image_file.content_hash:
                 first_path.setdefault(image_file.content_hash, image_file.path)
+        timer.lap("hash")
 
         embeddings = self.cache.get_many(first_path)
         todo = [(h, path) for h, path in first_path.items() if h not in embeddings]
         chunk_refs = sum(len(s.images) for s in samples if s.status is Status.OK)
+        timer.lap("cache")
         new, errors = self._embed(todo, chunk_refs)
         embeddings.update(new)
+        timer.lap("embed")
 
-        rows = [stats_row(sample, files, embeddings, errors) for sample in samples]
+        rows = stats_rows(samples, files, embeddings, errors)
+        timer.lap("rows")
         r = self.report
         r.samples += len(samples)
         r.image_refs += chunk_refs
@@ -116,8 +133,13 @@ class PairScorer:
             self._tick(self.report.image_refs + done * chunk_refs)  # image_refs: chunks before this one
         return embeddings, errors
 
-    def _inspect(self, path: str) -> ImageFile:
-        return inspect_image_file(path, self.access)
+    def _inspect(self, paths: list[str]) -> list[ImageFile]:
+        if len(paths) <= HASH_BATCH or self.hash_workers < 2 or not processes_allowed():
+            return inspect_image_files(paths, self.access)
+        if self._hashing is None:
+            self._hashing = WorkerProcesses(self.hash_workers)
+        batches = self._hashing.pool.map(inspect_image_files, chunked(paths, HASH_BATCH), itertools.repeat(self.access))
+        return [image_file for batch in batches for image_file in batch]
 
     def _tick(self, refs_done: float) -> None:
         self.report.seconds = time.perf_counter() - self._started
@@ -141,9 +163,13 @@ def score_samples(
     with ExitStack() as stack:
         if engine is None:
             engine = stack.enter_context(LocalEngine(embedder, batch_size=batch_size, workers=workers))
-        scorer = stack.enter_context(PairScorer(engine, cache, workers=workers, access=access))
+        scorer = stack.enter_context(PairScorer(engine, cache, access=access))
         rows = [row for chunk in chunked(samples, chunk_size) for row in scorer.score_chunk(chunk)]
     return rows, scorer.report
+
+
+def inspect_image_files(paths: list[str], access: ImageAccess) -> list[ImageFile]:
+    return [inspect_image_file(path, access) for path in paths]
 
 
 def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
@@ -152,51 +178,82 @@ def chunked(items: Iterable[T], size: int) -> Iterator[list[T]]:
         yield chunk
 
 
-def stats_row(
-    sample: Sample,
+class StageTimer:
+    """Adds the seconds since the previous lap to a stage's total."""
+
+    def __init__(self, totals: dict[str, float]) -> None:
+        self.totals = totals
+        self.started = time.perf_counter()
+
+    def lap(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.totals[stage] = self.totals.get(stage, 0.0) + now - self.started
+        self.started = now
+
+    def skip(self) -> None:
+        """Start the next lap now: the time since the previous one is another stage's (counted elsewhere)."""
+        self.started = time.perf_counter()
+
+
+def stats_rows(
+    samples: Sequence[Sample],
     files: dict[str, ImageFile],
     embeddings: dict[str, np.ndarray],
     decode_errors: dict[str, str],
-) -> StatsRow:
-    status, error, scores = sample.status, sample.error, tuple[float, ...]()
-    if status is Status.OK:
-        status, error, vectors = vectors_for(sample.images, files, embeddings, decode_errors)
-        if status is Status.OK:
-            scores = tuple(cosine(vectors[i], vectors[j]) for i, j in sample.image_pairs)
-    hashes = tuple(files[path].content_hash or "" for path in sample.images) if sample.status is Status.OK else ()
-    return StatsRow(
-        sample_id=sample.sample_id,
-        manifest=sample.manifest,
-        line_number=sample.line_number,
-        images=sample.images,
-        image_pair_similarity=scores,
-        status=status,
-        error=error,
-        image_hashes=hashes,
-        sample_json=sample.sample_json,
-        image_pairs=sample.image_pairs if scores else (),
-    )
+) -> list[StatsRow]:
+    """The rows of a chunk, every pair's score of the chunk computed in one vectorised product."""
+    position = {content_hash: i for i, content_hash in enumerate(embeddings)}
+    outcomes = [outcome(sample, files, decode_errors) for sample in samples]
+    pairs = [(position[hashes[i]], position[hashes[j]])
+             for sample, (status, _, hashes) in zip(samples, outcomes) if status is Status.OK
+             for i, j in sample.image_pairs]
+    scores = iter(pair_cosines(embeddings, pairs).tolist())
+    rows = []
+    for sample, (status, error, _) in zip(samples, outcomes):
+        ok = status is Status.OK
+        rows.append(StatsRow(
+            sample_id=sample.sample_id,
+            manifest=sample.manifest,
+            line_number=sample.line_number,
+            images=sample.images,
+            image_pair_similarity=tuple(itertools.islice(scores, len(sample.image_pairs))) if ok else (),
+            status=status,
+            error=error,
+            image_hashes=tuple(files[path].content_hash or "" for path in sample.images)
+            if sample.status is Status.OK else (),
+            sample_json=sample.sample_json,
+            image_pairs=sample.image_pairs if ok and sample.image_pairs else (),
+        ))
+    return rows
 
 
-def vectors_for(
-    paths: Sequence[str],
-    files: dict[str, ImageFile],
-    embeddings: dict[str, np.ndarray],
-    decode_errors: dict[str, str],
-) -> tuple[Status, str, list[np.ndarray]]:
-    """The embeddings of a sample's images, or the status and reason of its first unusable image."""
-    vectors = []
-    for path in paths:
+def outcome(sample: Sample, files: dict[str, ImageFile], decode_errors: dict[str, str]) -> tuple[Status, str, list[str]]:
+    """A sample's status and reason, and the content hashes of its images: the status and reason of its first
+    unusable image, if any."""
+    if sample.status is not Status.OK:
+        return sample.status, sample.error, []
+    hashes = []
+    for path in sample.images:
         image_file = files[path]
         if image_file.status is not Status.OK:
             return image_file.status, image_file.error, []
         if image_file.content_hash in decode_errors:
             return Status.UNREADABLE_IMAGE, decode_errors[image_file.content_hash], []
-        vectors.append(embeddings[str(image_file.content_hash)])
-    return Status.OK, "", vectors
+        hashes.append(str(image_file.content_hash))
+    return Status.OK, "", hashes
+
+
+def pair_cosines(embeddings: dict[str, np.ndarray], pairs: Sequence[tuple[int, int]]) -> np.ndarray:
+    """Cosine similarity of unit vectors (rows of `embeddings` by position): their dot product, accumulated in
+    float64 and clipped to [-1, 1] (float32 rounding can put identical images at 1.0000001, which max_score=1.0
+    would wrongly drop)."""
+    if not pairs:
+        return np.zeros(0)
+    vectors = np.stack(list(embeddings.values())).astype(np.float64)
+    left, right = np.asarray(pairs).T
+    return np.clip(np.einsum("ij,ij->i", vectors[left], vectors[right]), -1.0, 1.0)
 
 
 def cosine(a: np.ndarray, b: np.ndarray) -> float:
-    """Cosine similarity of two unit vectors: their dot product, accumulated in float64 and clipped to [-1, 1]
-    (float32 rounding can put identical images at 1.0000001, which max_score=1.0 would wrongly drop)."""
-    return float(np.clip(np.dot(a.astype(np.float64), b.astype(np.float64)), -1.0, 1.0))
+    """`pair_cosines` of one pair."""
+    return float(pair_cosines({"a": a, "b": b}, [(0, 1)])[0])

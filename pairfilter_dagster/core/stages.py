@@ -21,7 +21,7 @@ from .ingest.manifests import ShardListing
 from .locations import AnyPath
 from .progress import ProgressCallback
 from .schema import FilteredRow, Sample, StatsRow, Status, column_names
-from .scoring import PairScorer, ScoringReport, chunked
+from .scoring import PairScorer, ScoringReport, StageTimer, chunked
 
 FILTER_READS = [*column_names(FilteredRow), "status"]
 """What filtering needs of a stats row: the keep decision and the filtered row."""
@@ -49,7 +49,6 @@ def score(
     embedder: ClipEmbedder,
     engine: EmbeddingEngine,
     *,
-    workers: int,
     access: ImageAccess = ImageAccess(),
     on_progress: ProgressCallback | None = None,
     shards: Sequence[str] | None = None,
@@ -58,10 +57,15 @@ def score(
     persistent embedding cache; only those shards' rows are replaced."""
     cache = EmbeddingCache(conn.cursor(), embedder.model_key)
     chunks = store.read_rows(conn.cursor(), Sample, shards, chunk_size=engine.chunk_samples)
-    with PairScorer(engine, cache, workers=workers, access=access, on_progress=on_progress) \
+    with PairScorer(engine, cache, access=access, on_progress=on_progress) \
             as scorer, store.table_writer(conn, StatsRow, shards) as table:
+        timer = StageTimer(scorer.report.stage_seconds)
         for samples in chunks:
-            table.write(scorer.score_chunk(samples))
+            timer.lap("read")
+            rows = scorer.score_chunk(samples)
+            timer.skip()
+            table.write(rows)
+            timer.lap("write")
     return scorer.report
 
 

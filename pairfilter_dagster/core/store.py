@@ -12,11 +12,15 @@ from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence
 
 import duckdb
-import pandas as pd
+import pyarrow as pa
 
 from .schema import Row, column_names, column_values, columns, row_reader
 
 INPUT_ORDER = "manifest, line_number"
+ARROW_TYPES = {"VARCHAR": pa.string(), "INTEGER": pa.int32(), "VARCHAR[]": pa.list_(pa.string()),
+               "DOUBLE[]": pa.list_(pa.float64()), "INTEGER[][]": pa.list_(pa.list_(pa.int32()))}
+"""Each column type as the chunk written is typed: an Arrow table inserts about 3x faster than a pandas frame of
+Python objects (a third of the scoring stage's time outside the model went to it)."""
 
 LOCK_WAIT_SECONDS = 3600.0
 """A scoring step holds the write lock while it scores (its table is written in one transaction), so another
@@ -106,7 +110,7 @@ class TableWriter:
         self.shards = None if shards is None else set(shards)
         self.rows_written = 0
         self._names = column_names(row_type)
-        self._select = ", ".join(f'CAST("{c.name}" AS {c.sql_type})' for c in columns(row_type))
+        self._schema = pa.schema([(c.name, ARROW_TYPES[c.sql_type]) for c in columns(row_type)])
 
     def write(self, rows: Sequence[Row]) -> None:
         if not rows:
@@ -116,12 +120,11 @@ class TableWriter:
             if unexpected:
                 raise ValueError(f"rows of shards {sorted(unexpected)} written to {self.table} while replacing "
                                  f"{sorted(self.shards)}")
-        frame = pd.DataFrame({name: column_values(rows, name) for name in self._names})
-        self.conn.register("incoming_rows", frame)
         try:
-            self.conn.execute(f'INSERT INTO "{self.table}" SELECT {self._select} FROM incoming_rows')
-        finally:
-            self.conn.unregister("incoming_rows")
+            incoming = pa.table({name: column_values(rows, name) for name in self._names}, schema=self._schema)
+        except (pa.ArrowException, TypeError, ValueError) as exc:  # a value of the wrong type, as DuckDB reports it
+            raise duckdb.ConversionException(f"rows for {self.table}: {exc}") from exc
+        self.conn.from_arrow(incoming).insert_into(self.table)
         self.rows_written += len(rows)
 
 

@@ -134,8 +134,7 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
         shards = run_shards(context, spec)
         with storage.connect() as conn, clip.open_engine() as engine:
             progress = progress_logger(context.log.info, queries.image_refs_to_score(conn, shards))
-            report = stages.score(conn, clip.embedder, engine, workers=clip.decode_workers,
-                                  access=storage.image_access(), on_progress=progress,
+            report = stages.score(conn, clip.embedder, engine, access=storage.image_access(), on_progress=progress,
                                   shards=shards)
             distinct_images = queries.distinct_images(conn, shards)
             similarity = similarity_metadata(conn, spec.thresholds, shards)

@@ -92,7 +92,7 @@ class ClipModel(dg.ConfigurableResource):
     )
     decode_workers: int = Field(
         default=DEFAULT_DECODE_WORKERS, ge=1, description="Processes that decode and preprocess images while the "
-        "model runs (default: one per two cores), and threads that hash image files (with either engine)."
+        "model runs (local engine; default: one per two cores)."
     )
     ray: Optional[RayConfig] = Field(
         default=None, description="Embed on Ray (pip install 'pairfilter-dagster[ray]'); None: in the step's process."
