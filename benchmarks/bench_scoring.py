@@ -25,12 +25,15 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.stage_costs import STAGES, stage_costs
 from pairfilter_dagster.core import stages, store
-from pairfilter_dagster.core.embedding.local import LocalEngine
+from pairfilter_dagster.core.embedding.local import DEFAULT_DECODE_WORKERS, LocalEngine
 from pairfilter_dagster.core.embedding.model import ClipEmbedder, ModelSpec
-from pairfilter_dagster.core.images import decode_rgb
+from pairfilter_dagster.core.embedding.preprocess import pixel_values
+from pairfilter_dagster.core.images import ImageAccess, decode_rgb
 from pairfilter_dagster.core.ingest.formats import read_samples
 from pairfilter_dagster.core.ingest.samples import SampleRules
+from pairfilter_dagster.core.processes import processes_allowed
 from pairfilter_dagster.core.schema import StatsRow, Status
 from pairfilter_dagster.core.scoring import chunked
 from pairfilter_dagster.testing import distinct_photos, write_clip_checkpoint
@@ -84,21 +87,60 @@ def _timed_data_juicer_loop(model, processor, pairs, device) -> float:
     return time.perf_counter() - started
 
 
-def our_scoring(embedder, data_dir: Path, photos_dir: Path, batch_size: int, workers: int):
-    """The stats asset's work (ingest excluded): cache lookups, overlapped decoding, batched forwards, DuckDB
-    writes. Returns (seconds, report)."""
+def our_scoring(embedder, data_dir: Path, photos_dir: Path, batch_size: int, workers: int | None = None,
+                processes: bool | None = None):
+    """The stats asset's work (ingest excluded): hashing, cache lookups, decode workers overlapped with batched
+    forwards, DuckDB writes; the engine's defaults unless told. Returns (seconds, report)."""
     rules = SampleRules.for_data_dir(data_dir, [str(photos_dir)])
     with store.connect(data_dir / "pairfilter.duckdb") as conn:
         stages.ingest(conn, read_samples(data_dir / "raw", rules))
         started = time.perf_counter()
-        with LocalEngine(embedder, batch_size=batch_size, workers=workers) as engine:
-            report = stages.score(conn, embedder, engine, workers=workers)
+        with LocalEngine(embedder, batch_size=batch_size, workers=workers or DEFAULT_DECODE_WORKERS,
+                         processes=processes) as engine:
+            report = stages.score(conn, embedder, engine, access=ImageAccess(rules.image_roots))
         if embedder.device == "cuda":
             torch.cuda.synchronize()
         seconds = time.perf_counter() - started
     if set(report.status_counts) != {Status.OK}:
         raise RuntimeError(f"every benchmark sample must score, got {report.status_counts}")
     return seconds, report
+
+
+def model_limit(embedder, pixels: np.ndarray, batch_size: int) -> float:
+    """Images/s of batched forward passes on ready tensors: what the model alone can do with these settings."""
+    embedder.embed_pixels(pixels[:batch_size])  # warm-up
+    started = time.perf_counter()
+    for i in range(0, len(pixels), batch_size):
+        embedder.embed_pixels(pixels[i : i + batch_size])
+    if embedder.device == "cuda":
+        torch.cuda.synchronize()
+    return len(pixels) / (time.perf_counter() - started)
+
+
+def preprocessing_ms(prepare, paths) -> float:
+    """Milliseconds of one core per image to decode and preprocess (`prepare(path, data)`), best of two passes."""
+    datas = [(str(p), p.read_bytes()) for p in paths]
+    best = float("inf")
+    for _ in range(2):
+        started = time.perf_counter()
+        for path, data in datas:
+            prepare(path, data)
+        best = min(best, time.perf_counter() - started)
+    return 1e3 * best / len(datas)
+
+
+def all_pixels(preparation, paths) -> np.ndarray:
+    return np.stack([preparation.pixels(preparation.decode(str(p), p.read_bytes())) for p in paths])
+
+
+def embeddings(embedder, pixels: np.ndarray, batch_size: int) -> np.ndarray:
+    return np.concatenate([embedder.embed_pixels(pixels[i : i + batch_size]) for i in range(0, len(pixels), batch_size)])
+
+
+def max_deviation(vectors: np.ndarray, reference: np.ndarray) -> float:
+    """The largest change of a pair score (pairs: consecutive images) against the reference embeddings."""
+    pair_scores = lambda v: (v[::2].astype(np.float64) * v[1::2]).sum(axis=1)  # noqa: E731
+    return float(np.abs(pair_scores(vectors) - pair_scores(reference)).max())
 
 
 def ray_scoring(spec: ModelSpec, embedder, data_dir: Path, photos_dir: Path, args) -> tuple[float, float]:
@@ -121,7 +163,7 @@ def ray_scoring(spec: ModelSpec, embedder, data_dir: Path, photos_dir: Path, arg
         stages.ingest(conn, read_samples(data_dir / "raw", rules))
         started = time.perf_counter()
         with engine:
-            report = stages.score(conn, embedder, engine, workers=args.workers, on_progress=on_progress)
+            report = stages.score(conn, embedder, engine, on_progress=on_progress)
         ended = time.perf_counter()
     if set(report.status_counts) != {Status.OK}:
         raise RuntimeError(f"every benchmark sample must score, got {report.status_counts}")
@@ -157,19 +199,6 @@ def actor_throughput(spec: ModelSpec, embedder, paths, args) -> tuple[float, int
         return ray.get(actor.run.remote(ray.put(pixels), args.batch_size)), ray.get(actor.threads.remote())
     finally:
         ray.kill(actor)
-
-
-def model_limit(embedder, paths, batch_size: int, repeats: int = 1) -> float:
-    """Images/s of batched forward passes on ready tensors: what the model alone can do with these settings."""
-    pixels = np.stack([embedder.preprocess(decode_rgb(str(p))) for p in paths])
-    embedder.embed_pixels(pixels[:batch_size])  # warm-up
-    started = time.perf_counter()
-    for _ in range(repeats):
-        for i in range(0, len(pixels), batch_size):
-            embedder.embed_pixels(pixels[i : i + batch_size])
-    if embedder.device == "cuda":
-        torch.cuda.synchronize()
-    return repeats * len(pixels) / (time.perf_counter() - started)
 
 
 def rethreshold_seconds(work: Path, rows: int) -> tuple[float, float]:
@@ -218,11 +247,16 @@ def rethreshold_seconds(work: Path, rows: int) -> tuple[float, float]:
 
 
 PEAK_RSS_SCRIPT = """
-import resource, sys
+import resource
+from pathlib import Path
 from pairfilter_dagster.cli import main
 assert main([]) == 0
-print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
+status = Path("/proc/self/status")
+hwm = [line.split()[1] for line in status.read_text().splitlines() if line.startswith("VmHWM:")] if status.exists() else []
+print(hwm[0] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)
 """
+"""Peak RSS in KiB: VmHWM of this process's own memory (Linux's ru_maxrss keeps, across exec, the RSS of the
+benchmark process the subprocess was started from)."""
 
 
 def peak_rss_mib(work: Path, clip_dir: Path, samples: int, name: str) -> float:
@@ -238,18 +272,39 @@ def peak_rss_mib(work: Path, clip_dir: Path, samples: int, name: str) -> float:
     return int(out.stdout.strip().splitlines()[-1]) / 1024
 
 
+def worker_split(embedder, work: Path, pairs, photos_dir: Path, batch_size: int, name: str) -> list[tuple[str, float]]:
+    """Pairs/s of our scoring (fresh cache) for each way of sharing the cores: decode workers as processes or
+    threads, 1 or 2 of them, the model with every core's torch thread or one fewer."""
+    rates: list[tuple[str, float]] = []
+    cores = torch.get_num_threads()
+    for torch_threads in dict.fromkeys([cores, max(1, cores - 1)]):
+        torch.set_num_threads(torch_threads)
+        try:
+            for processes in (True, False):
+                for workers in (1, 2):
+                    kind = ("processes" if processes else "threads") if workers > 1 else ("process" if processes else "thread")
+                    label = f"{workers} decode {kind}, {torch_threads} torch threads"
+                    data_dir = write_dataset(work / f"split-{name}-{len(rates)}", pairs)
+                    seconds, _ = our_scoring(embedder, data_dir, photos_dir, batch_size, workers, processes)
+                    rates.append((label, len(pairs) / seconds))
+        finally:
+            torch.set_num_threads(cores)
+    return rates
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--pairs", type=int, default=48, help="pairs in the every-image-distinct dataset")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2, help="decode/preprocess threads")
+    parser.add_argument("--workers", type=int, default=None, help="decode workers (default: the engine's)")
     parser.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
-    parser.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"])
     parser.add_argument("--compile", action="store_true", help="torch.compile the image tower (ours and limit)")
     parser.add_argument("--rethreshold-rows", type=int, default=100_000)
+    parser.add_argument("--stage-samples", type=int, default=100_000, help="samples of the stage-cost dataset")
     parser.add_argument("--memory-samples", type=int, default=1000, help="1x size of the peak-memory runs")
     parser.add_argument("--skip-memory", action="store_true")
-    parser.add_argument("--ray", action="store_true", help="also score with the Ray engine on a local Ray (section 7)")
+    parser.add_argument("--skip-split", action="store_true", help="leave out the worker-split table")
+    parser.add_argument("--ray", action="store_true", help="also score with the Ray engine on a local Ray")
     parser.add_argument("--ray-actors", type=int, default=1, help="model actors for --ray")
     parser.add_argument("--ray-num-cpus", type=float, default=1.0, help="CPUs per model actor for --ray")
     args = parser.parse_args()
@@ -265,22 +320,27 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="pairfilter-bench-") as tmp:
         work = Path(tmp)
         clip_dir = write_clip_checkpoint(work / "clip-vit-b-32", size="vit-b-32")
+        cores = torch.get_num_threads()
         print(f"CPU: {cpu_features()}", flush=True)
-        print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, device {args.device}, {args.dtype}, "
-              f"batch {args.batch_size}, {args.workers} decode workers, compile {args.compile}", flush=True)
+        print(f"torch {torch.__version__}, {cores} threads, device {args.device}, batch {args.batch_size}, decode "
+              f"workers {args.workers or DEFAULT_DECODE_WORKERS} (processes: {processes_allowed()}), compile "
+              f"{args.compile}", flush=True)
 
-        spec = ModelSpec(str(clip_dir), device=args.device, dtype=args.dtype, compile=args.compile)
+        spec = ModelSpec(str(clip_dir), device=args.device, compile=args.compile)
         started = time.perf_counter()
-        embedder = ClipEmbedder.load(spec)
+        exact = ClipEmbedder.load(spec)
         load_seconds = time.perf_counter() - started
         started = time.perf_counter()
-        _ = embedder.model_key  # computed once per process, timed here
+        _ = exact.model_key  # computed once per process, timed here
         row("model load / model key (s)", f"{load_seconds:.1f} / {time.perf_counter() - started:.1f}")
+        fast = ClipEmbedder.load(replace(spec, precision="fast"))
+        row("precision fast runs in", f"{fast.dtype} ({fast.dtype_reason})")
         if args.compile:  # a one-off per process, like loading: paid before the timed runs and shown here
             started = time.perf_counter()
-            embedder.embed_pixels(np.zeros((args.batch_size, 3, 224, 224), dtype=np.float32))
-            row("torch.compile warm-up (s)", f"{time.perf_counter() - started:.1f}")
-        dj_model = CLIPModel.from_pretrained(clip_dir, dtype=getattr(torch, args.dtype)).to(args.device).eval()
+            for embedder in (exact, fast):
+                embedder.embed_pixels(np.zeros((args.batch_size, 3, 224, 224), dtype=np.float32))
+            row("torch.compile warm-up, both precisions (s)", f"{time.perf_counter() - started:.1f}")
+        dj_model = CLIPModel.from_pretrained(clip_dir).to(args.device).eval()
         dj_processor = CLIPImageProcessor.from_pretrained(clip_dir)
 
         n = args.pairs
@@ -288,69 +348,111 @@ def main() -> None:
         photos = distinct_photos(photos_dir, 2 * n)
         distinct = list(zip(photos[::2], photos[1::2]))  # every image in one sample
         shared = [(photos[i], photos[(i + 1) % n]) for i in range(n)]  # n images, each in two samples
+        for embedder in (exact, fast):  # starts the worker processes' server and warms both models up
+            our_scoring(embedder, write_dataset(work / f"warm-up-{embedder.spec.precision}", distinct[:2]), photos_dir,
+                        args.batch_size, args.workers)
 
-        # 1. every image distinct
+        # 1. precision exact, every image distinct
         dj_one = n / data_juicer_loop(dj_model, dj_processor, distinct, args.device, threads=1)
         dj = n / data_juicer_loop(dj_model, dj_processor, distinct, args.device)
-        seconds, first = our_scoring(embedder, write_dataset(work / "distinct", distinct), photos_dir, args.batch_size, args.workers)
+        seconds, _ = our_scoring(exact, write_dataset(work / "distinct", distinct), photos_dir, args.batch_size,
+                                 args.workers)
         ours = n / seconds
         row("1. Data-Juicer loop as Data-Juicer runs it, 1 torch thread (pairs/s)", f"{dj_one:.2f}")
-        row(f"1. Data-Juicer loop, {torch.get_num_threads()} torch threads (pairs/s)", f"{dj:.2f}")
-        row("1. ours, distinct images (pairs/s)", f"{ours:.2f}")
-        row("1. ours / Data-Juicer (1 thread; all threads)", f"{ours / dj_one:.2f}x; {ours / dj:.2f}x", ">= 2.0x")
+        row(f"1. Data-Juicer loop, {cores} torch threads (pairs/s)", f"{dj:.2f}")
+        row("1. ours, exact (pairs/s)", f"{ours:.2f}")
+        row("1. ours exact / Data-Juicer (1 thread; all threads)", f"{ours / dj_one:.2f}x; {ours / dj:.2f}x", ">= 2.0x")
 
-        # 2. the model-only limit
-        limit = model_limit(embedder, photos, args.batch_size) / 2
-        row("2. model-only limit (pairs/s)", f"{limit:.2f}")
-        row("2. ours / limit", f"{ours / limit:.2f}", ">= 0.9")
+        # 2. what bounds it: the model alone, and the preprocessing of one image on one core
+        exact_pixels, fast_pixels = all_pixels(exact.preparation, photos), all_pixels(fast.preparation, photos)
+        model_exact = model_limit(exact, exact_pixels, args.batch_size)
+        processor_ms = preprocessing_ms(lambda path, data: pixel_values(dj_processor, decode_rgb(path, data)), photos)
+        direct_ms = preprocessing_ms(lambda path, data: exact.preparation.pixels(exact.preparation.decode(path, data)),
+                                     photos)
+        fast_ms = preprocessing_ms(lambda path, data: fast.preparation.pixels(fast.preparation.decode(path, data)),
+                                   photos)
+        decode_ms = preprocessing_ms(decode_rgb, photos)
+        reference = 1 / (1 / model_exact + processor_ms / 1e3 / cores) / 2
+        row("2. model-only limit, float32 (pairs/s)", f"{model_exact / 2:.2f}")
+        row("2. decode + preprocess, one core (ms/image): decode + CLIPImageProcessor / decode + direct / fast "
+            "decode + direct", f"{processor_ms:.1f} / {direct_ms:.1f} / {fast_ms:.1f} (decoding alone {decode_ms:.1f})")
+        row(f"2. reference limit: float32 model + decode and CLIPImageProcessor on {cores} cores, perfectly "
+            "overlapped (pairs/s)", f"{reference:.2f}")
+        row("2. ours exact / reference limit", f"{ours / reference:.2f}", ">= 1.1")
+        row("2. ours exact / model-only limit", f"{ours / (model_exact / 2):.2f}")
 
-        # 3. each image in two samples
+        # 3. precision fast
+        model_fast = model_limit(fast, fast_pixels, args.batch_size)
+        seconds_fast, _ = our_scoring(fast, write_dataset(work / "distinct-fast", distinct), photos_dir,
+                                      args.batch_size, args.workers)
+        ours_fast = n / seconds_fast
+        row(f"3. model-only limit, {fast.dtype} (pairs/s)", f"{model_fast / 2:.2f} ({model_fast / model_exact:.2f}x float32)")
+        row("3. ours, fast (pairs/s)", f"{ours_fast:.2f} ({ours_fast / ours:.2f}x exact; {ours_fast / (model_fast / 2):.2f} "
+            "of its model-only limit)")
+        row("3. ours fast / Data-Juicer (1 thread; all threads)", f"{ours_fast / dj_one:.2f}x; {ours_fast / dj:.2f}x",
+            ">= 5x on an AMX CPU")
+        reference_vectors = embeddings(exact, exact_pixels, args.batch_size)
+        row("3. max pair-score deviation from exact: fast / its model alone / its decoding alone",
+            f"{max_deviation(embeddings(fast, fast_pixels, args.batch_size), reference_vectors):.1e} / "
+            f"{max_deviation(embeddings(fast, exact_pixels, args.batch_size), reference_vectors):.1e} / "
+            f"{max_deviation(embeddings(exact, fast_pixels, args.batch_size), reference_vectors):.1e}")
+
+        # 4. each image in two samples
         dj_shared_one = n / data_juicer_loop(dj_model, dj_processor, shared, args.device, threads=1)
-        dj_shared = n / data_juicer_loop(dj_model, dj_processor, shared, args.device)
-        seconds_shared, _ = our_scoring(embedder, write_dataset(work / "shared", shared), photos_dir, args.batch_size, args.workers)
-        ours_shared = n / seconds_shared
-        row("3. images in two samples: Data-Juicer 1 thread / all threads / ours (pairs/s)",
-            f"{dj_shared_one:.2f} / {dj_shared:.2f} / {ours_shared:.2f}")
-        row("3. ours / Data-Juicer (1 thread; all threads)",
-            f"{ours_shared / dj_shared_one:.2f}x; {ours_shared / dj_shared:.2f}x", ">= 3.5x")
+        seconds_shared, _ = our_scoring(exact, write_dataset(work / "shared", shared), photos_dir, args.batch_size,
+                                        args.workers)
+        row("4. images in two samples: Data-Juicer 1 thread / ours exact (pairs/s)",
+            f"{dj_shared_one:.2f} / {n / seconds_shared:.2f} = {n / seconds_shared / dj_shared_one:.2f}x", ">= 3.5x")
 
-        # 4. unchanged data again
-        seconds_again, again = our_scoring(embedder, work / "distinct", photos_dir, args.batch_size, args.workers)
-        row("4. second run: forward passes", str(again.forward_passes), "0")
-        row("4. second run time / first", f"{seconds_again:.2f} s / {seconds:.2f} s = {seconds_again / seconds:.1%}",
+        # 5. unchanged data again
+        seconds_again, again = our_scoring(exact, work / "distinct", photos_dir, args.batch_size, args.workers)
+        row("5. second run: forward passes", str(again.forward_passes), "0")
+        row("5. second run time / first", f"{seconds_again:.2f} s / {seconds:.2f} s = {seconds_again / seconds:.1%}",
             "<= 10%")
 
-        # 5. re-thresholding
+        # 6. re-thresholding
         core, whole = rethreshold_seconds(work, args.rethreshold_rows)
-        row(f"5. re-threshold {args.rethreshold_rows:,} rows: core / Dagster materialize (s)",
+        row(f"6. re-threshold {args.rethreshold_rows:,} rows: core / Dagster materialize (s)",
             f"{core:.2f} / {whole:.2f}", "<= 3 s")
 
-        # 6. peak memory, tiny model
+        # 7. the work outside the model, per sample
+        costs = stage_costs(work / "stage-costs", exact, args.stage_samples)
+        row(f"7. outside the model at {args.stage_samples:,} samples, all cached (ms/sample): "
+            + " / ".join(STAGES) + " = total", " / ".join(f"{costs[s]:.3f}" for s in STAGES) + f" = {costs['total']:.3f}",
+            "<= 0.1")
+
+        # 8. peak memory, tiny model
         if not args.skip_memory:
             tiny = write_clip_checkpoint(work / "tiny-clip")
             one = peak_rss_mib(work, tiny, args.memory_samples, "memory-1x")
             ten = peak_rss_mib(work, tiny, 10 * args.memory_samples, "memory-10x")
-            row(f"6. peak RSS {args.memory_samples:,} / {10 * args.memory_samples:,} samples (MiB)",
-                f"{one:.0f} / {ten:.0f} = {ten / one:.2f}x", "<= 1.3x")
+            row(f"8. peak RSS of the step's process, {args.memory_samples:,} / {10 * args.memory_samples:,} samples "
+                "(MiB)", f"{one:.0f} / {ten:.0f} = {ten / one:.2f}x", "<= 1.3x")
 
-        # 7. the Ray engine, on the same distinct pairs as 1 (a fresh cache)
+        # 9. how the cores are shared (fresh caches, same distinct pairs as 1)
+        if not args.skip_split:
+            for embedder, name in ((exact, "exact"), (fast, "fast")):
+                for label, rate in worker_split(embedder, work, distinct, photos_dir, args.batch_size, name):
+                    row(f"9. {name}: {label} (pairs/s)", f"{rate:.2f}")
+
+        # 10. the Ray engine, on the same distinct pairs as 1 (a fresh cache)
         if args.ray:
             import ray
 
             ray.init(include_dashboard=False, log_to_driver=False)
             try:
-                total, first = ray_scoring(spec, embedder, write_dataset(work / "ray", distinct), photos_dir, args)
-                per_actor, actor_threads = actor_throughput(spec, embedder, photos, args)
+                total, first = ray_scoring(spec, exact, write_dataset(work / "ray", distinct), photos_dir, args)
+                per_actor, actor_threads = actor_throughput(spec, exact, photos, args)
             finally:
                 ray.shutdown()
-            row(f"7. Ray engine, {args.ray_actors} actor(s) of {args.ray_num_cpus:g} CPU: local / Ray end to end "
+            row(f"10. Ray engine, {args.ray_actors} actor(s) of {args.ray_num_cpus:g} CPU: local / Ray end to end "
                 "(pairs/s)", f"{ours:.2f} / {n / total:.2f} = {n / total / ours:.2f}x")
-            row("7. Ray engine: seconds until the first batch is back (actors start, import, load the model)",
+            row("10. Ray engine: seconds until the first batch is back (actors start, import, load the model)",
                 f"{first:.1f} s of {total:.1f} s")
-            row(f"7. one actor, {args.ray_num_cpus:g} CPU ({actor_threads} torch threads), ready pixels (images/s)",
+            row(f"10. one actor, {args.ray_num_cpus:g} CPU ({actor_threads} torch threads), ready pixels (images/s)",
                 f"{per_actor:.2f}")
 
-    print("\n| measure | value | target |\n|---|---|---|")
+    print(f"\nCPU: {cpu_features()}\n\n| measure | value | target |\n|---|---|---|")
     for name, value, target in results:
         print(f"| {name} | {value} | {target} |")
 

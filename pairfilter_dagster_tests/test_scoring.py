@@ -2,6 +2,7 @@ import hashlib
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -149,7 +150,7 @@ from pairfilter_dagster.core.scoring import score_samples
 from pairfilter_dagster_tests.conftest import read_samples_with_photos
 
 embedder = ClipEmbedder.load(ModelSpec(sys.argv[1], device="cpu"))
-engine = LocalEngine(embedder, batch_size=2)
+engine = LocalEngine(embedder, batch_size=2, processes=True)
 with engine:
     rows, _ = score_samples(read_samples_with_photos(Path(sys.argv[3])), embedder, batch_size=2, engine=engine)
 print(engine.processes, [row.status.value for row in rows])
@@ -172,3 +173,29 @@ def test_a_script_scores_in_worker_processes_only_when_its_top_level_is_guarded(
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == f"{guarded} ['ok', 'ok']"
     assert marker.read_text().splitlines() == ["top level ran"]
+
+
+def test_a_large_chunk_is_hashed_in_worker_processes_with_the_same_outcome(embedder, tmp_path):
+    """1,200 paths (hard links onto four photos, one missing) take the hashing processes; statuses, hashes and scores
+    are those of hashing in the step's own process."""
+    images = tmp_path / "images"
+    images.mkdir()
+    names = ["cat.jpg", "img2.jpg", "img3.jpg", "img1.png"]
+    links = [images / f"{i:04d}{Path(names[i % 4]).suffix}" for i in range(1200)]
+    for i, link in enumerate(links):
+        os.link(PHOTOS / names[i % 4], link)
+    links[7].unlink()
+    pairs = list(zip(links[::2], links[1::2]))
+    samples = manifest_of(tmp_path, pairs)
+    with LocalEngine(embedder, batch_size=8) as engine, PairScorer(engine, hash_workers=2) as scorer:
+        rows = scorer.score_chunk(samples)
+        assert scorer._hashing is not None
+    with LocalEngine(embedder, batch_size=8) as engine, PairScorer(engine, hash_workers=1) as scorer:
+        inline = scorer.score_chunk(samples)
+        assert scorer._hashing is None
+    assert [(r.status, r.image_hashes) for r in rows] == [(r.status, r.image_hashes) for r in inline]
+    assert rows[3].status is Status.MISSING_IMAGE and sum(r.status is Status.OK for r in rows) == 599
+    expected = {name: hashlib.sha256((PHOTOS / name).read_bytes()).hexdigest() for name in names}
+    assert rows[0].image_hashes == (expected["cat.jpg"], expected["img2.jpg"])
+    for row, again in zip(rows, inline):
+        assert row.image_pair_similarity == pytest.approx(again.image_pair_similarity, abs=1e-6)

@@ -1,10 +1,10 @@
-"""Worker processes for the CPU work around the model (hashing image files, decoding them).
+"""Worker processes for the CPU work around the model: hashing image files (always, for large chunks), decoding
+them (`decode_processes`).
 
-Processes rather than threads: this work holds the GIL between its system calls and PIL's, and on 2 cores two
-hashing threads took 1.8x as long per file as one, two processes 0.6x; decoding threads slow the model's thread the
-same way (docs/performance.md#the-worker-split). The processes are forked from a server that has imported the
-decoding code once (`multiprocessing`'s forkserver; spawned where there is none), and each exits when the step's
-process is gone, so a killed step leaves none behind holding its stdout open.
+Hashing holds the GIL between its system calls and PIL's header parsing: on 2 cores two hashing threads took 1.8x
+as long per file as one, two processes 0.6x. The processes are forked from a server that has imported the decoding
+code once (`multiprocessing`'s forkserver; spawned where there is none), and each exits when the step's process is
+gone, so a killed step leaves none behind holding its stdout open.
 
 Like any multiprocessing code, a worker imports the main module first; a script whose top level would then run the
 pipeline again (no `if __name__ == "__main__":`) gets no worker processes (`processes_allowed`)."""

@@ -91,8 +91,12 @@ class ClipModel(dg.ConfigurableResource):
         "seconds per run; worth it for large runs.",
     )
     decode_workers: int = Field(
-        default=DEFAULT_DECODE_WORKERS, ge=1, description="Processes that decode and preprocess images while the "
-        "model runs (local engine; default: one per two cores)."
+        default=DEFAULT_DECODE_WORKERS, ge=1, description="Threads that decode and preprocess images while the "
+        "model runs (local engine; default: one per core)."
+    )
+    decode_processes: bool = Field(
+        default=False, description="Decode in worker processes instead of threads: slower on 2 cores "
+        "(docs/performance.md#the-worker-split), perhaps faster where many cores feed a GPU."
     )
     ray: Optional[RayConfig] = Field(
         default=None, description="Embed on Ray (pip install 'pairfilter-dagster[ray]'); None: in the step's process."
@@ -145,7 +149,8 @@ class ClipModel(dg.ConfigurableResource):
     def open_engine(self) -> EmbeddingEngine:
         """The embedding engine, chosen here once; enter it around the scoring loop (Ray connects on entry)."""
         if self.ray is None:
-            return LocalEngine(self.embedder, batch_size=self.batch_size, workers=self.decode_workers)
+            return LocalEngine(self.embedder, batch_size=self.batch_size, workers=self.decode_workers,
+                               processes=self.decode_processes)
         log = self._log.info if self._log else None
         return RayEngine(self.model_spec(), batch_size=self.batch_size, settings=self.ray.settings(), log=log)
 

@@ -1,8 +1,13 @@
-"""The local engine: in the step's own process the model embeds the current batch while decode worker processes
-(`processes.WorkerProcesses`, started on the first images to embed, so a run that finds everything in the cache
-starts none) decode and preprocess up to two batches ahead."""
+"""The local engine: in the step's own process the model embeds the current batch while decode workers decode and
+preprocess up to two batches ahead: threads, or worker processes (`processes.WorkerProcesses`). Either starts on
+the first images to embed, so a run that finds everything in the cache starts none.
+
+Threads by default, one per core: on 2 cores they gave the most pairs/s at both precisions, processes 5-25% fewer
+(docs/performance.md#the-worker-split); processes may pay where many cores decode for a GPU (benchmarks/gpu_check
+measures both)."""
 
 import itertools
+import sys
 from collections import deque
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any, Iterator
@@ -18,9 +23,7 @@ from .preprocess import ImagePreparation
 DEFAULT_CHUNK_SAMPLES = 4096
 """Samples per scoring chunk: the cache is looked up once per chunk, and a lookup scans the cache's hashes, so
 larger chunks cost less per sample (512 took 6x as long per sample against a 200,000-image cache)."""
-DEFAULT_DECODE_WORKERS = max(1, available_cores() // 2)
-"""One decode worker per two cores: on 2 cores one worker process keeps the model fed at either precision, and a
-second one costs the model more than it adds (docs/performance.md#the-worker-split)."""
+DEFAULT_DECODE_WORKERS = available_cores()
 
 _worker_preparation: ImagePreparation | None = None
 
@@ -28,6 +31,9 @@ _worker_preparation: ImagePreparation | None = None
 def _hold_preparation(preparation: ImagePreparation) -> None:
     global _worker_preparation
     _worker_preparation = preparation
+    torch = sys.modules.get("torch")  # imported by transformers in the forkserver
+    if torch is not None:
+        torch.set_num_threads(1)  # a processor on the torchvision backend runs torch ops; the workers are the parallelism
 
 
 def _prepare_in_worker(path: str, content_hash: str, access: ImageAccess) -> np.ndarray | str:
@@ -37,9 +43,8 @@ def _prepare_in_worker(path: str, content_hash: str, access: ImageAccess) -> np.
 
 class LocalEngine:
     def __init__(self, embedder: ClipEmbedder, *, batch_size: int, workers: int = DEFAULT_DECODE_WORKERS,
-                 chunk_samples: int = DEFAULT_CHUNK_SAMPLES, processes: bool | None = None) -> None:
-        """`processes`: decode in worker processes (None: where `processes_allowed`) or in threads of this process
-        (the benchmark compares the two)."""
+                 chunk_samples: int = DEFAULT_CHUNK_SAMPLES, processes: bool = False) -> None:
+        """`processes`: decode in worker processes (where `processes_allowed`; else threads)."""
         if batch_size < 1:
             raise ValueError(f"batch_size: must be at least 1, got {batch_size}")
         if workers < 1:
@@ -48,7 +53,7 @@ class LocalEngine:
         self.batch_size = batch_size
         self.chunk_samples = chunk_samples
         self.workers = workers
-        self.processes = processes_allowed() if processes is None else processes
+        self.processes = processes and processes_allowed()
         self._pool: Executor | None = None
         self._processes: WorkerProcesses | None = None
 
