@@ -205,3 +205,44 @@ def test_bad_input_of_each_format_gets_a_status_and_nothing_is_lost(tmp_path, ti
     assert all(passed for name, passed in checks.items() if name != "every_manifest_readable"), checks
     kept = {sid for (sid,) in query(data, "SELECT sample_id FROM filtered_samples")}
     assert kept == {"truncated.tar:a", "odd.tar:fine", "bytes.parquet:1", *damaged[:-1]}
+
+
+@pytest.fixture(scope="module")
+def fast_embedder(tiny_clip_dir):
+    from pairfilter_dagster.core.embedding.model import ClipEmbedder, ModelSpec
+
+    return ClipEmbedder.load(ModelSpec(str(tiny_clip_dir), device="cpu", precision="fast"))
+
+
+@pytest.mark.parametrize("kind", ["parquet-bytes", "parquet-hf", "tar"])
+def test_held_images_hash_and_decode_in_worker_processes_as_files_do(tmp_path, embedder, fast_embedder, kind, monkeypatch):
+    """Images held in a shard (tar members, Parquet items) go through the hashing processes, the decode processes
+    and fast decoding as files do: the same hashes, and the scores of the same photos given as paths."""
+    from pairfilter_dagster.core import scoring
+    from pairfilter_dagster.core.embedding.local import LocalEngine
+    from pairfilter_dagster.core.images import ImageAccess
+    from pairfilter_dagster.core.ingest.formats import read_samples
+    from pairfilter_dagster.core.ingest.samples import SampleRules
+
+    def scored(data: Path, model, *, processes: bool) -> list:
+        rules = SampleRules.for_data_dir(data)
+        samples = list(read_samples(data / "raw", rules))
+        with LocalEngine(model, batch_size=3, workers=2, processes=processes) as engine, \
+                scoring.PairScorer(engine, access=ImageAccess(rules.image_roots), hash_workers=2 if processes else 1) as scorer:
+            rows = scorer.score_chunk(samples)
+            assert (scorer._hashing is not None) is processes and engine.processes is processes
+        return rows
+
+    monkeypatch.setattr(scoring, "HASH_IN_PROCESSES_FROM", 1)
+    held, paths = data_folder(tmp_path, "held"), data_folder(tmp_path, "paths")
+    write_dataset(held, kind), write_dataset(paths, "jsonl")
+    for model in (embedder, fast_embedder):
+        rows = scored(held, model, processes=True)
+        inline, as_files = scored(held, model, processes=False), scored(paths, model, processes=False)
+        assert all(r.status.value == "ok" for r in rows) and len(rows) == len(PAIRS)
+        if kind != "parquet-hf":  # its second images are paths
+            assert all(h.startswith(("tar:", "parquet:")) for r in rows for h in r.images)
+        assert [r.image_hashes for r in rows] == [r.image_hashes for r in inline] == [r.image_hashes for r in as_files]
+        assert [r.image_pair_similarity for r in rows] == [r.image_pair_similarity for r in inline]
+        for row, file_row in zip(rows, as_files):
+            assert row.image_pair_similarity == pytest.approx(file_row.image_pair_similarity, abs=1e-6)
