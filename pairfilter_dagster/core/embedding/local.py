@@ -2,9 +2,9 @@
 preprocess up to two batches ahead: threads, or worker processes (`processes.WorkerProcesses`). Either starts on
 the first images to embed, so a run that finds everything in the cache starts none.
 
-Threads by default, one per core: on 2 cores they gave the most pairs/s at both precisions, processes 5-25% fewer
-(docs/performance.md#the-worker-split); processes may pay where many cores decode for a GPU (benchmarks/gpu_check
-measures both)."""
+Threads by default, one per core: on 2 cores they gave the most pairs/s with precision exact, processes 5-25% fewer
+across runs (with fast, the runs were too noisy to rank them; docs/performance.md#the-worker-split); processes may
+pay where many cores decode for a GPU (benchmarks/gpu_check measures both)."""
 
 import itertools
 import sys
