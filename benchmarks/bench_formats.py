@@ -69,7 +69,7 @@ def scored_pairs_per_second(embedder: ClipEmbedder, data: AnyPath, state: Path, 
         started = time.perf_counter()
         stages.ingest(conn, read_samples(data / "raw", rules))
         with LocalEngine(embedder, batch_size=batch_size, workers=workers) as engine:
-            report = stages.score(conn, embedder, engine, workers=workers)
+            report = stages.score(conn, embedder, engine)
         seconds = time.perf_counter() - started
     if set(report.status_counts) != {Status.OK}:
         raise RuntimeError(f"every benchmark sample must score, got {report.status_counts}")

@@ -246,3 +246,38 @@ def test_held_images_hash_and_decode_in_worker_processes_as_files_do(tmp_path, e
         assert [r.image_pair_similarity for r in rows] == [r.image_pair_similarity for r in inline]
         for row, file_row in zip(rows, as_files):
             assert row.image_pair_similarity == pytest.approx(file_row.image_pair_similarity, abs=1e-6)
+
+
+def test_images_in_the_steps_memory_are_hashed_and_decoded_in_its_process(tmp_path, embedder, monkeypatch):
+    """fsspec's memory:// lives in the step's process: worker processes would see an empty one, so its images (files
+    and those held in shards) are hashed and decoded in the step's process, with processes asked for."""
+    import fsspec
+
+    from pairfilter_dagster.core import scoring
+    from pairfilter_dagster.core.embedding.local import LocalEngine
+    from pairfilter_dagster.core.ingest.formats import read_shards
+    from pairfilter_dagster.core.processes import readable_in_workers
+    from pairfilter_dagster.defs.resources import PairfilterStorage
+
+    assert not readable_in_workers(["memory://d/a.jpg"]) and not readable_in_workers(["tar:memory://d/s.tar#512+10"])
+    assert readable_in_workers(["/d/a.jpg", "tar:/d/s.tar#512+10", "s3://b/a.jpg", "parquet:s3://b/s.parquet#0.1"])
+    monkeypatch.setattr(scoring, "HASH_IN_PROCESSES_FROM", 1)
+    local = data_folder(tmp_path, "data")
+    write_dataset(local, "tar"), write_dataset(local, "jsonl")
+    memory = fsspec.filesystem("memory")
+    memory.put(f"{local}/", "/in-memory", recursive=True)
+    try:
+        storage = PairfilterStorage(data_dir="memory://in-memory", state_dir=str(tmp_path / "state"))
+        samples = list(read_shards(storage.list_shards().readable, storage.sample_rules()))
+        assert len(samples) == 2 * len(PAIRS)
+        with LocalEngine(embedder, batch_size=3, workers=2, processes=True) as engine, \
+                scoring.PairScorer(engine, access=storage.image_access(), hash_workers=2) as scorer:
+            rows = scorer.score_chunk(samples)
+            assert scorer._hashing is None and engine._processes is None and engine._pool is not None
+    finally:
+        memory.rm("/in-memory", recursive=True)
+    assert all(r.status.value == "ok" for r in rows), [r.error for r in rows if r.error]
+    by_hashes = {}
+    for row in rows:
+        by_hashes.setdefault(row.image_hashes, set()).add(row.image_pair_similarity)
+    assert len(by_hashes) == len(PAIRS) and all(len(scores) == 1 for scores in by_hashes.values())

@@ -7,7 +7,8 @@ code once (`multiprocessing`'s forkserver; spawned where there is none), and eac
 gone, so a killed step leaves none behind holding its stdout open.
 
 Like any multiprocessing code, a worker imports the main module first; a script whose top level would then run the
-pipeline again (no `if __name__ == "__main__":`) gets no worker processes (`processes_allowed`)."""
+pipeline again (no `if __name__ == "__main__":`) gets no worker processes (`processes_allowed`), and neither do images
+on a filesystem held in the step's memory (`readable_in_workers`)."""
 
 import multiprocessing
 import os
@@ -16,7 +17,7 @@ import threading
 from concurrent.futures import ProcessPoolExecutor
 from multiprocessing.connection import Connection
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 PRELOAD = ("pairfilter_dagster.core.embedding.preprocess", "transformers.models.clip.image_processing_pil_clip")
 """What the forkserver imports before it forks the first worker: our decoding and hashing code and CLIP's image
@@ -36,6 +37,18 @@ def processes_allowed() -> bool:
         return "__main__" in Path(path).read_text(errors="replace")
     except OSError:
         return False
+
+
+PROCESS_LOCAL_SCHEMES = ("memory://",)
+"""Filesystems whose files live in the step's own memory (fsspec's `memory://`): a worker process sees another,
+empty one, so images on them are hashed and decoded in the step's process."""
+
+
+def readable_in_workers(paths: Iterable[str]) -> bool:
+    """Whether worker processes read these images as the step does: none of them (nor the shard holding one, for
+    `tar:` / `parquet:` references) is on a process-local filesystem."""
+    return not any("://" in path and path.split("#", 1)[0].removeprefix("tar:").removeprefix("parquet:")
+                   .startswith(PROCESS_LOCAL_SCHEMES) for path in paths)
 
 
 def available_cores() -> int:

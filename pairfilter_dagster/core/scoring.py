@@ -18,7 +18,7 @@ from .embedding.engine import EmbeddingEngine
 from .embedding.local import DEFAULT_CHUNK_SAMPLES, DEFAULT_DECODE_WORKERS, LocalEngine
 from .embedding.model import ClipEmbedder
 from .images import ImageAccess, ImageFile, inspect_image_file
-from .processes import WorkerProcesses, available_cores, processes_allowed
+from .processes import WorkerProcesses, available_cores, processes_allowed, readable_in_workers
 from .schema import Sample, StatsRow, Status
 
 if TYPE_CHECKING:
@@ -136,7 +136,8 @@ class PairScorer:
         return embeddings, errors
 
     def _inspect(self, paths: list[str]) -> list[ImageFile]:
-        if len(paths) < HASH_IN_PROCESSES_FROM or self.hash_workers < 2 or not processes_allowed():
+        if len(paths) < HASH_IN_PROCESSES_FROM or self.hash_workers < 2 or not processes_allowed() \
+                or not readable_in_workers(paths):
             return inspect_image_files(paths, self.access)
         if self._hashing is None:
             self._hashing = WorkerProcesses(self.hash_workers)

@@ -15,7 +15,7 @@ from typing import Any, Iterator
 import numpy as np
 
 from ..images import ImageAccess
-from ..processes import WorkerProcesses, available_cores, processes_allowed
+from ..processes import WorkerProcesses, available_cores, processes_allowed, readable_in_workers
 from .engine import EmbeddedBatch, prepare_pixels
 from .model import ClipEmbedder
 from .preprocess import ImagePreparation
@@ -63,9 +63,10 @@ class LocalEngine:
     def __exit__(self, *exc: Any) -> None:
         if self._processes is not None:
             self._processes.close()
-        elif self._pool is not None:
+        if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
-        self._pool = self._processes = None
+        self._pool = None
+        self._processes = None
 
     def embed(self, todo: list[tuple[str, str]], access: ImageAccess) -> Iterator[EmbeddedBatch]:
         batch = EmbeddedBatch()
@@ -90,23 +91,24 @@ class LocalEngine:
             batch.forward_passes = self.embedder.forward_passes - passes_before
         return batch
 
-    def _started_pool(self) -> Executor:
-        if self._pool is None:
-            preparation = self.embedder.preparation
-            if self.processes:
+    def _started_pool(self, processes: bool) -> Executor:
+        preparation = self.embedder.preparation
+        if processes:
+            if self._processes is None:
                 self._processes = WorkerProcesses(self.workers, initializer=_hold_preparation, initargs=(preparation,),
                                                   preload=[type(preparation.image_processor).__module__])
-                self._pool = self._processes.pool
-            else:
-                self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="pairfilter-decode")
+            return self._processes.pool
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="pairfilter-decode")
         return self._pool
 
     def _prepared(self, todo: list[tuple[str, str]], access: ImageAccess) -> Iterator[tuple[str, np.ndarray | str]]:
         """Decoded, preprocessed pixels (or a decode error) in input order, at most two batches ahead."""
         if not todo:
             return
-        pool, preparation = self._started_pool(), self.embedder.preparation
-        if self.processes:
+        processes = self.processes and readable_in_workers(path for _, path in todo)
+        pool, preparation = self._started_pool(processes), self.embedder.preparation
+        if processes:
             submit = lambda item: pool.submit(_prepare_in_worker, item[1], item[0], access)
         else:
             submit = lambda item: pool.submit(prepare_pixels, preparation, item[1], item[0], access)
