@@ -1,7 +1,7 @@
 """The same pairs read from each kind of shard: JSONL naming image files, Parquet holding the image bytes, a
 WebDataset tar, and JSONL plus image files on a local S3 server (moto on 127.0.0.1, through s3fs). Each is ingested
 and scored from a fresh store (empty cache, so every image is read, decoded and embedded), so the rows differ only
-in how samples and images are read. bench_scoring prints these rows; alone:
+in how samples and images are read. bench_scoring prints these rows (11.); alone:
 
     .venv/bin/python -m benchmarks.bench_formats [--pairs 48] [--small]
 """
@@ -62,13 +62,13 @@ def local_folder(work: Path, name: str, pairs: list[tuple[Path, Path]], writer: 
     return data
 
 
-def scored_pairs_per_second(embedder: ClipEmbedder, data: AnyPath, state: Path, batch_size: int, workers: int) -> float:
+def scored_pairs_per_second(embedder: ClipEmbedder, data: AnyPath, state: Path, batch_size: int) -> float:
     """Ingest and score one data folder into a fresh store; pairs per second over both."""
     rules = SampleRules.for_data_dir(data)
     with store.connect(state / "pairfilter.duckdb") as conn:
         started = time.perf_counter()
         stages.ingest(conn, read_samples(data / "raw", rules))
-        with LocalEngine(embedder, batch_size=batch_size, workers=workers) as engine:
+        with LocalEngine(embedder, batch_size=batch_size) as engine:
             report = stages.score(conn, embedder, engine)
         seconds = time.perf_counter() - started
     if set(report.status_counts) != {Status.OK}:
@@ -102,15 +102,14 @@ class LocalS3:
         self.server.stop()
 
 
-def format_rows(embedder: ClipEmbedder, pairs: list[tuple[Path, Path]], work: Path, batch_size: int,
-                workers: int) -> list[tuple[str, str]]:
+def format_rows(embedder: ClipEmbedder, pairs: list[tuple[Path, Path]], work: Path, batch_size: int) -> list[tuple[str, str]]:
     """(measure, value) rows: pairs/s for each kind of shard, and each against JSONL naming files."""
     rows, rates = [], {}
     kinds = {"JSONL + image files": write_jsonl, "Parquet with image bytes": write_parquet_bytes,
              "WebDataset tar": write_tar}
     for label, writer in kinds.items():
         data = local_folder(work, writer.__name__, pairs, writer)
-        rates[label] = scored_pairs_per_second(embedder, data, data, batch_size, workers)
+        rates[label] = scored_pairs_per_second(embedder, data, data, batch_size)
     try:
         import moto  # noqa: F401
         import s3fs  # noqa: F401
@@ -122,8 +121,7 @@ def format_rows(embedder: ClipEmbedder, pairs: list[tuple[Path, Path]], work: Pa
                                   ("Parquet with image bytes on a local S3 server", "write_parquet_bytes")):
                 state = work / f"state-{folder}"
                 state.mkdir()
-                rates[label] = scored_pairs_per_second(embedder, s3.upload(work / folder, folder), state, batch_size,
-                                                       workers)
+                rates[label] = scored_pairs_per_second(embedder, s3.upload(work / folder, folder), state, batch_size)
     reference = rates["JSONL + image files"]
     for label, rate in rates.items():
         rows.append((f"formats: {label} (pairs/s; / JSONL + files)", f"{rate:.2f}; {rate / reference:.2f}x"))
@@ -135,7 +133,6 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=48)
     parser.add_argument("--small", action="store_true", help="the tiny test model instead of ViT-B/32's sizes")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--workers", type=int, default=2)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as folder:
         work = Path(folder)
@@ -143,7 +140,7 @@ def main() -> None:
         embedder = ClipEmbedder.load(ModelSpec(str(clip), device="cpu"))
         photos = distinct_photos(work / "photos", 2 * args.pairs)
         pairs = list(zip(photos[::2], photos[1::2]))
-        for measure, value in format_rows(embedder, pairs, work, args.batch_size, args.workers):
+        for measure, value in format_rows(embedder, pairs, work, args.batch_size):
             print(f"| {measure} | {value} |")
 
 

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from benchmarks.bench_formats import format_rows
 from benchmarks.stage_costs import STAGES, stage_costs
 from pairfilter_dagster.core import stages, store
 from pairfilter_dagster.core.embedding.local import DEFAULT_DECODE_WORKERS, LocalEngine
@@ -304,6 +305,7 @@ def main() -> None:
     parser.add_argument("--memory-samples", type=int, default=1000, help="1x size of the peak-memory runs")
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-split", action="store_true", help="leave out the worker-split table")
+    parser.add_argument("--skip-formats", action="store_true", help="leave out the rows per kind of shard")
     parser.add_argument("--ray", action="store_true", help="also score with the Ray engine on a local Ray")
     parser.add_argument("--ray-actors", type=int, default=1, help="model actors for --ray")
     parser.add_argument("--ray-num-cpus", type=float, default=1.0, help="CPUs per model actor for --ray")
@@ -451,6 +453,11 @@ def main() -> None:
                 f"{first:.1f} s of {total:.1f} s")
             row(f"10. one actor, {args.ray_num_cpus:g} CPU ({actor_threads} torch threads), ready pixels (images/s)",
                 f"{per_actor:.2f}")
+
+        # 11. the same distinct pairs from each kind of shard, and from a local S3 server (fresh caches)
+        if not args.skip_formats:
+            for label, value in format_rows(exact, distinct, work / "formats", args.batch_size):
+                row(f"11. {label}", value)
 
     print(f"\nCPU: {cpu_features()}\n\n| measure | value | target |\n|---|---|---|")
     for name, value, target in results:

@@ -29,6 +29,7 @@ DEFAULT_MAX_IMAGE_BYTES = 256 * 2**20
 DEFAULT_MAX_ASPECT_RATIO = 100.0
 """The processor resizes the shortest side to the model's size (224), so a 1 x 100000 strip would become
 224 x 22.4 million pixels (gigabytes); at 1:100 that is about 60 MB of float32."""
+DEFAULT_CONCURRENT_READS = 32
 SIXTEEN_BIT_MODES = ("I;16", "I;16L", "I;16B", "I;16N", "I")
 
 
@@ -45,6 +46,8 @@ class ImageAccess:
     """The Parquet column that holds the images (items referenced as `parquet:...`, see `image_refs`)."""
     storage_options: Mapping[str, Any] = field(default_factory=dict, hash=False)
     """For the filesystem of remote images (`locations`)."""
+    concurrent_reads: int = DEFAULT_CONCURRENT_READS
+    """Remote images hashed at once: a read waits on the network, not the CPU."""
 
 
 @dataclass(frozen=True)

@@ -78,6 +78,11 @@ def filesystem_for(url: str, storage_options: Mapping[str, Any], *, setting: str
                             "local folder or an s3://, gs://, hf://, memory:// URL") from None
 
 
+def read_remotely(image: str) -> bool:
+    """Whether reading the image (a path, or a `tar:` / `parquet:` reference into a shard) goes to a remote store."""
+    return is_remote(image.split("#", 1)[0].removeprefix("tar:").removeprefix("parquet:"))
+
+
 def join_url(base: str, relative: str) -> str:
     """`relative` (a POSIX path; one starting with / is absolute on the same filesystem) against the URL folder
     `base`, `..` resolved; a result above the bucket keeps its `..`, which no root contains."""

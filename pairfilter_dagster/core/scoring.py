@@ -7,6 +7,7 @@ through the cache. Only the scorer, in the Dagster step, writes the cache."""
 
 import itertools
 import time
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Iterable, Iterator, Sequence, TypeVar
@@ -18,6 +19,7 @@ from .embedding.engine import EmbeddingEngine
 from .embedding.local import DEFAULT_CHUNK_SAMPLES, DEFAULT_DECODE_WORKERS, LocalEngine
 from .embedding.model import ClipEmbedder
 from .images import ImageAccess, ImageFile, inspect_image_file
+from .locations import read_remotely
 from .processes import WorkerProcesses, available_cores, processes_allowed, readable_in_workers
 from .schema import Sample, StatsRow, Status
 
@@ -80,6 +82,7 @@ class PairScorer:
         self.report = ScoringReport()
         self.hash_workers = hash_workers
         self._hashing: WorkerProcesses | None = None
+        self._reads: ThreadPoolExecutor | None = None
         self._started = time.perf_counter()
 
     def __enter__(self) -> "PairScorer":
@@ -89,6 +92,9 @@ class PairScorer:
         if self._hashing is not None:
             self._hashing.close()
             self._hashing = None
+        if self._reads is not None:
+            self._reads.shutdown(wait=True, cancel_futures=True)
+            self._reads = None
 
     def score_chunk(self, samples: Sequence[Sample]) -> list[StatsRow]:
         timer = StageTimer(self.report.stage_seconds)
@@ -136,6 +142,17 @@ class PairScorer:
         return embeddings, errors
 
     def _inspect(self, paths: list[str]) -> list[ImageFile]:
+        remote = [path for path in paths if read_remotely(path)]
+        if not remote:
+            return self._inspect_local(paths)
+        if self._reads is None:
+            self._reads = ThreadPoolExecutor(self.access.concurrent_reads, thread_name_prefix="pairfilter-read")
+        found = dict(zip(remote, self._reads.map(inspect_image_file, remote, itertools.repeat(self.access))))
+        local = [path for path in paths if path not in found]
+        found.update(zip(local, self._inspect_local(local)))
+        return [found[path] for path in paths]
+
+    def _inspect_local(self, paths: list[str]) -> list[ImageFile]:
         if len(paths) < HASH_IN_PROCESSES_FROM or self.hash_workers < 2 or not processes_allowed() \
                 or not readable_in_workers(paths):
             return inspect_image_files(paths, self.access)

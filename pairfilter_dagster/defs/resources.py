@@ -16,6 +16,7 @@ from ..core.embedding.local import DEFAULT_DECODE_WORKERS, LocalEngine
 from ..core.embedding.model import HF_CLIP_ENV_VAR, ClipEmbedder, ModelSpec, default_hf_clip
 from ..core.embedding.ray_engine import INSTALL_HINT, RayEngine, RaySettings, ray_installed
 from ..core.images import (
+    DEFAULT_CONCURRENT_READS,
     DEFAULT_MAX_ASPECT_RATIO,
     DEFAULT_MAX_IMAGE_BYTES,
     DEFAULT_MAX_IMAGE_PIXELS,
@@ -215,6 +216,10 @@ class PairfilterStorage(dg.ConfigurableResource):
         default=DEFAULT_MAX_LINE_BYTES, ge=2, description="Manifest lines longer than this get status "
         "malformed_line without being read into memory."
     )
+    concurrent_reads: int = Field(
+        default=DEFAULT_CONCURRENT_READS, ge=1, description="Images on a remote filesystem read (and hashed) at once "
+        "by the scoring step: each read waits on the network."
+    )
     lock_wait_seconds: float = Field(
         default=store.LOCK_WAIT_SECONDS,
         ge=0,
@@ -293,7 +298,7 @@ class PairfilterStorage(dg.ConfigurableResource):
     def image_access(self) -> ImageAccess:
         roots = self.sample_rules().image_roots
         return ImageAccess(roots, self.max_image_bytes, self.max_image_pixels, self.max_image_aspect_ratio,
-                           self.image_column, self.storage_options)
+                           self.image_column, self.storage_options, self.concurrent_reads)
 
     def list_shards(self, rules: SampleRules | None = None) -> ShardListing:
         return list_shards(self.raw_dir, (rules or self.sample_rules()).manifest_roots)
