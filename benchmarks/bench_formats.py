@@ -105,6 +105,8 @@ class LocalS3:
 def format_rows(embedder: ClipEmbedder, pairs: list[tuple[Path, Path]], work: Path, batch_size: int) -> list[tuple[str, str]]:
     """(measure, value) rows: pairs/s for each kind of shard, and each against JSONL naming files."""
     rows, rates = [], {}
+    warm_up = local_folder(work, "warm-up", pairs[:4], write_jsonl)  # the first forward passes set up kernels
+    scored_pairs_per_second(embedder, warm_up, warm_up, batch_size)
     kinds = {"JSONL + image files": write_jsonl, "Parquet with image bytes": write_parquet_bytes,
              "WebDataset tar": write_tar}
     for label, writer in kinds.items():

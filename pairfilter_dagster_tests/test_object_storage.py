@@ -16,6 +16,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pairfilter_dagster.core.images import HELD_READS
 from pairfilter_dagster.core.ingest.formats import read_shards
 from pairfilter_dagster.core.ingest.manifests import list_shards
 from pairfilter_dagster.core.ingest.samples import SampleRules
@@ -269,5 +270,23 @@ def test_local_manifests_may_name_images_on_a_bucket_inside_an_image_root(s3, tm
     samples = list(read_shards(storage.list_shards().readable, storage.sample_rules()))
     assert [s.status.value for s in samples] == ["ok", "path_not_allowed", "path_not_allowed"]
     assert f"{outside}/img2.jpg" in samples[1].error
-    rows, _ = score_samples(samples[:1], embedder, batch_size=4, access=storage.image_access())
+    held_before = HELD_READS.hits
+    rows, report = score_samples(samples[:1], embedder, batch_size=4, access=storage.image_access())
     assert rows[0].status.value == "ok" and len(rows[0].image_pair_similarity) == 1
+    assert report.images_embedded == 2 == HELD_READS.hits - held_before  # decoded from the bytes read for hashing
+
+
+def test_an_upload_committed_but_not_done_is_completed_by_the_next_connection(s3, tmp_path):
+    """The state a run killed between the commit of filtered_samples and the upload of its JSONL leaves."""
+    import duckdb
+
+    from pairfilter_dagster.core.publish import complete_pending, record_pending, staged_file
+
+    target = as_location(f"s3://{BUCKET}/pending/output/filtered_samples.jsonl")
+    with duckdb.connect(str(tmp_path / "store.duckdb")) as conn, staged_file(target) as staged:
+        staged.write_lines(['{"images": ["a.jpg", "b.jpg"]}'])
+        record_pending(conn, staged)  # committed; the process dies here, its staged file kept
+        assert not s3.exists(target.path) and staged.temp_path.is_file()
+        assert complete_pending(conn) == [str(target)]
+        assert s3.cat_file(target.path) == b'{"images": ["a.jpg", "b.jpg"]}\n'
+        assert not staged.temp_path.exists()

@@ -86,7 +86,10 @@ def parquet_item(ref: MemberRef, image_column: str, storage_options: Mapping[str
 
 
 class RowGroups:
-    """One Parquet file's row groups, the image column of the last one read kept in memory (one per thread)."""
+    """One Parquet file's row groups, the image columns of the last two read kept in memory for every thread (the
+    threads hashing a chunk read the same groups, in input order)."""
+
+    KEPT_GROUPS = 2
 
     def __init__(self, path: str, opener: Callable[[], Any] | None) -> None:
         import pyarrow.parquet as pq
@@ -97,19 +100,20 @@ class RowGroups:
             starts.append(total)
             total += self.file.metadata.row_group(index).num_rows
         self.starts = starts
-        self.local = threading.local()
-        self.lock = threading.Lock()  # one file handle under the ParquetFile
+        self.columns: OrderedDict[tuple[int, str], list[Any]] = OrderedDict()
+        self.lock = threading.Lock()  # one file handle under the ParquetFile; a group is read once
 
     def locate(self, row: int) -> tuple[int, int]:
         group = max(i for i, start in enumerate(self.starts) if start <= row)
         return group, row - self.starts[group]
 
     def column(self, group: int, name: str) -> list[Any]:
-        if getattr(self.local, "key", None) != (group, name):
-            with self.lock:
-                self.local.values = self.file.read_row_group(group, columns=[name]).column(0).to_pylist()
-            self.local.key = (group, name)
-        return self.local.values
+        with self.lock:
+            if (group, name) not in self.columns:
+                self.columns[group, name] = self.file.read_row_group(group, columns=[name]).column(0).to_pylist()
+                while len(self.columns) > self.KEPT_GROUPS:
+                    self.columns.popitem(last=False)
+            return self.columns[group, name]
 
 
 OPEN_FILES: "OrderedDict[tuple[str, str], RowGroups]" = OrderedDict()

@@ -10,6 +10,7 @@ import hashlib
 import io
 import os
 import stat
+import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
@@ -17,7 +18,7 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .image_refs import MemberRef, parse_member_ref, read_member
-from .locations import filesystem_for, is_remote, url_within
+from .locations import filesystem_for, is_remote, read_remotely, url_within
 from .schema import Status
 
 DEFAULT_MAX_IMAGE_PIXELS = 89_478_485
@@ -178,6 +179,8 @@ def inspect_image_file(path: str, access: ImageAccess = ImageAccess()) -> ImageF
         check_header(path, data, access)
     except ImageRefused as refused:
         return ImageFile(path, None, refused.status, refused.reason)
+    if read_remotely(path):
+        HELD_READS.offer(path, data)
     return ImageFile(path, hashlib.sha256(data).hexdigest())
 
 
@@ -201,10 +204,43 @@ def check_header(path: str, data: bytes, access: ImageAccess) -> None:
                            f"ratio above max_image_aspect_ratio={access.max_aspect_ratio:g}")
 
 
+class HeldReads:
+    """The bytes of remote images read for hashing, kept within a budget until the same chunk decodes them: one
+    request per image instead of two (requests cost time and, on S3, money). `PairScorer` clears it per chunk;
+    decoding in other processes (decode_processes, Ray) reads again."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget, self.used, self.hits = budget, 0, 0
+        self.items: dict[str, bytes] = {}
+        self.lock = threading.Lock()
+
+    def offer(self, path: str, data: bytes) -> None:
+        with self.lock:
+            if path not in self.items and self.used + len(data) <= self.budget:  # the first read are the first decoded
+                self.items[path] = data
+                self.used += len(data)
+
+    def take(self, path: str) -> bytes | None:
+        with self.lock:
+            data = self.items.pop(path, None)
+            if data is not None:
+                self.used -= len(data)
+                self.hits += 1
+            return data
+
+    def clear(self) -> None:
+        with self.lock:
+            self.items.clear()
+            self.used = 0
+
+
+HELD_READS = HeldReads(256 * 2**20)
+
+
 def read_verified(path: str, content_hash: str, access: ImageAccess = ImageAccess()) -> bytes:
     """The file's bytes, if they are still the ones hashed as `content_hash`: a picture replaced during the run
     never has its embedding stored under another picture's hash."""
-    data = read_image_bytes(path, access)
+    data = (HELD_READS.take(path) if read_remotely(path) else None) or read_image_bytes(path, access)
     if hashlib.sha256(data).hexdigest() != content_hash:
         raise ImageRefused(Status.UNREADABLE_IMAGE, f"{path} changed while the run read it (its content is no longer "
                            "the one hashed); score it again in the next run")

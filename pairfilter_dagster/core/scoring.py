@@ -18,7 +18,7 @@ from .embedding.cache import Cache, MemoryCache
 from .embedding.engine import EmbeddingEngine
 from .embedding.local import DEFAULT_CHUNK_SAMPLES, DEFAULT_DECODE_WORKERS, LocalEngine
 from .embedding.model import ClipEmbedder
-from .images import ImageAccess, ImageFile, inspect_image_file
+from .images import HELD_READS, ImageAccess, ImageFile, inspect_image_file
 from .locations import read_remotely
 from .processes import WorkerProcesses, available_cores, processes_allowed, readable_in_workers
 from .schema import Sample, StatsRow, Status
@@ -98,6 +98,7 @@ class PairScorer:
 
     def score_chunk(self, samples: Sequence[Sample]) -> list[StatsRow]:
         timer = StageTimer(self.report.stage_seconds)
+        HELD_READS.clear()
         paths = list(dict.fromkeys(p for s in samples if s.status is Status.OK for p in s.images))
         files = {image_file.path: image_file for image_file in self._inspect(paths)}
         first_path: dict[str, str] = {}
@@ -111,6 +112,7 @@ class PairScorer:
         chunk_refs = sum(len(s.images) for s in samples if s.status is Status.OK)
         timer.lap("cache")
         new, errors = self._embed(todo, chunk_refs)
+        HELD_READS.clear()
         embeddings.update(new)
         timer.lap("embed")
 
