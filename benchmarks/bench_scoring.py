@@ -422,6 +422,8 @@ def main() -> None:
         row(f"7. outside the model at {args.stage_samples:,} samples, all cached (ms/sample): "
             + " / ".join(STAGES) + " = total", " / ".join(f"{costs[s]:.3f}" for s in STAGES) + f" = {costs['total']:.3f}",
             "<= 0.1")
+        row("7. the same shard scored again, its files unchanged (ms/sample): hash / whole scoring stage",
+            f"{costs['hash again']:.3f} / {costs['scoring again']:.3f}")
 
         # 8. peak memory, tiny model
         if not args.skip_memory:

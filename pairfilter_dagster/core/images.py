@@ -59,6 +59,9 @@ class ImageFile:
     content_hash: str | None
     status: Status = Status.OK
     error: str = ""
+    identity: tuple[int, ...] | None = None
+    """(device, inode, size, mtime_ns, ctime_ns) of the local file read, from the open file itself (`file_hashes`)."""
+    dims: tuple[int, int] | None = None
 
 
 class ImageRefused(Exception):
@@ -88,6 +91,11 @@ def read_image_bytes(path: str, access: ImageAccess = ImageAccess()) -> bytes:
         return read_held_image(member, access)
     if is_remote(path):
         return read_remote_image(path, access)
+    return read_local_image(path, access)[0]
+
+
+def read_local_image(path: str, access: ImageAccess) -> tuple[bytes, os.stat_result]:
+    """The bytes of a local file, and its status as opened (before the read)."""
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except FileNotFoundError:
@@ -111,7 +119,7 @@ def read_image_bytes(path: str, access: ImageAccess = ImageAccess()) -> bytes:
         raise ImageRefused(Status.UNREADABLE_IMAGE, f"cannot read {path}: {exc.strerror or exc}") from None
     finally:
         os.close(fd)
-    return checked_size(path, data, access)
+    return checked_size(path, data, access), info
 
 
 def checked_size(path: str, data: bytes, access: ImageAccess) -> bytes:
@@ -174,17 +182,32 @@ def inspect_image_file(path: str, access: ImageAccess = ImageAccess()) -> ImageF
     """Hash the file's bytes. A missing, empty, unidentifiable or too large file (bytes, pixels, or aspect ratio)
     gets a status instead of a hash; only the image header is parsed here, so a decompression bomb is never
     decoded."""
+    identity = None
     try:
-        data = read_image_bytes(path, access)
-        check_header(path, data, access)
+        if is_local_file(path):
+            data, info = read_local_image(path, access)
+            identity = file_identity(info)
+        else:
+            data = read_image_bytes(path, access)
+        dims = check_header(path, data, access)
     except ImageRefused as refused:
         return ImageFile(path, None, refused.status, refused.reason)
     if read_remotely(path):
         HELD_READS.offer(path, data)
-    return ImageFile(path, hashlib.sha256(data).hexdigest())
+    return ImageFile(path, hashlib.sha256(data).hexdigest(), identity=identity, dims=dims)
 
 
-def check_header(path: str, data: bytes, access: ImageAccess) -> None:
+def is_local_file(path: str) -> bool:
+    """A path of the local disk (not a URL, nor a reference to an image held in a shard)."""
+    return not read_remotely(path) and parse_member_ref(path) is None
+
+
+def file_identity(info: os.stat_result) -> tuple[int, ...]:
+    return info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns, info.st_ctime_ns
+
+
+def check_header(path: str, data: bytes, access: ImageAccess) -> tuple[int, int]:
+    """(width, height), from the header; raises `ImageRefused` beyond the limits."""
     try:
         with Image.open(io.BytesIO(data)) as header:
             width, height = header.size
@@ -196,6 +219,11 @@ def check_header(path: str, data: bytes, access: ImageAccess) -> None:
                            f"starts with {data[:20]!r}") from None
     except Exception as exc:  # PIL raises many types (SyntaxError, ValueError, struct.error, ...)
         raise ImageRefused(Status.UNREADABLE_IMAGE, f"cannot decode {path}: {type(exc).__name__}: {exc}") from None
+    check_dimensions(path, width, height, access)
+    return width, height
+
+
+def check_dimensions(path: str, width: int, height: int, access: ImageAccess) -> None:
     if width * height > access.max_pixels:
         raise ImageRefused(Status.IMAGE_TOO_LARGE, f"image too large: {path} is {width}x{height} = "
                            f"{width * height} pixels, more than max_image_pixels={access.max_pixels}")

@@ -18,7 +18,8 @@ from .embedding.cache import Cache, MemoryCache
 from .embedding.engine import EmbeddingEngine
 from .embedding.local import DEFAULT_CHUNK_SAMPLES, DEFAULT_DECODE_WORKERS, LocalEngine
 from .embedding.model import ClipEmbedder
-from .images import HELD_READS, ImageAccess, ImageFile, inspect_image_file
+from .file_hashes import FileHashes
+from .images import HELD_READS, ImageAccess, ImageFile, inspect_image_file, is_local_file
 from .locations import read_remotely
 from .processes import WorkerProcesses, available_cores, processes_allowed, readable_in_workers
 from .schema import Sample, StatsRow, Status
@@ -47,6 +48,8 @@ class ScoringReport:
     images_embedded: int = 0
     forward_passes: int = 0
     decode_failures: int = 0
+    hashes_remembered: int = 0
+    """Local image files not read again: their remembered hash still holds (`file_hashes`)."""
     seconds: float = 0.0
     status_counts: dict[Status, int] = field(default_factory=dict)
     stage_seconds: dict[str, float] = field(default_factory=dict)
@@ -73,6 +76,7 @@ class PairScorer:
         *,
         hash_workers: int = DEFAULT_HASH_WORKERS,
         access: ImageAccess = ImageAccess(),
+        file_hashes: FileHashes | None = None,
         on_progress: "ProgressCallback | None" = None,
     ) -> None:
         self.engine = engine
@@ -81,6 +85,7 @@ class PairScorer:
         self.on_progress = on_progress
         self.report = ScoringReport()
         self.hash_workers = hash_workers
+        self.file_hashes = file_hashes
         self._hashing: WorkerProcesses | None = None
         self._reads: ThreadPoolExecutor | None = None
         self._started = time.perf_counter()
@@ -155,6 +160,17 @@ class PairScorer:
         return [found[path] for path in paths]
 
     def _inspect_local(self, paths: list[str]) -> list[ImageFile]:
+        """Hashed files whose remembered hash holds are not read again (`file_hashes`); the others are read."""
+        if self.file_hashes is None:
+            return self._read_and_hash(paths)
+        known = self.file_hashes.known([path for path in paths if is_local_file(path)], self.access)
+        read = self._read_and_hash([path for path in paths if path not in known])
+        self.file_hashes.remember(read)
+        self.report.hashes_remembered += len(known)
+        found = {**known, **{image_file.path: image_file for image_file in read}}
+        return [found[path] for path in paths]
+
+    def _read_and_hash(self, paths: list[str]) -> list[ImageFile]:
         if len(paths) < HASH_IN_PROCESSES_FROM or self.hash_workers < 2 or not processes_allowed() \
                 or not readable_in_workers(paths):
             return inspect_image_files(paths, self.access)

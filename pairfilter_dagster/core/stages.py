@@ -14,6 +14,7 @@ from . import publish, store
 from .embedding.cache import EmbeddingCache
 from .embedding.engine import EmbeddingEngine
 from .embedding.model import ClipEmbedder
+from .file_hashes import FileHashes
 from .filtering import FilterSettings, keep_row
 from .images import ImageAccess
 from .ingest.formats import shard_format
@@ -54,10 +55,11 @@ def score(
     shards: Sequence[str] | None = None,
 ) -> ScoringReport:
     """Score every sample of `raw_samples` (of `shards` only, if given) into `image_pair_stats`, through the
-    persistent embedding cache; only those shards' rows are replaced."""
+    persistent embedding cache and the remembered hashes of unchanged files; only those shards' rows are
+    replaced."""
     cache = EmbeddingCache(conn.cursor(), embedder.model_key)
     chunks = store.read_rows(conn.cursor(), Sample, shards, chunk_size=engine.chunk_samples)
-    with PairScorer(engine, cache, access=access, on_progress=on_progress) \
+    with PairScorer(engine, cache, access=access, file_hashes=FileHashes(conn.cursor()), on_progress=on_progress) \
             as scorer, store.table_writer(conn, StatsRow, shards) as table:
         timer = StageTimer(scorer.report.stage_seconds)
         for samples in chunks:

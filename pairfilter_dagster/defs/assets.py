@@ -149,6 +149,7 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
                 "images_embedded": report.images_embedded,
                 "cache_hits": report.cache_hits,
                 "cache_hit_rate": round(report.cache_hit_rate, 4),
+                "image_files_not_reread": report.hashes_remembered,
                 "forward_passes": report.forward_passes,
                 "images_per_second": round(report.images_per_second, 2),
                 "scoring_seconds": round(report.seconds, 2),

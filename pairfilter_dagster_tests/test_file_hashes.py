@@ -1,0 +1,89 @@
+"""Remembered hashes of unchanged image files: a re-scored shard reads only what changed. Real photos, a real
+DuckDB store, the real scoring stage; an entry is trusted only once its file has been still for RACY_NS, and the
+tests wait that long rather than bend the clock."""
+
+import hashlib
+import os
+import shutil
+import time
+
+import duckdb
+import pytest
+
+from pairfilter_dagster.core import stages, store
+from pairfilter_dagster.core.embedding.local import LocalEngine
+from pairfilter_dagster.core.file_hashes import RACY_NS
+from pairfilter_dagster.core.images import ImageAccess
+from pairfilter_dagster.core.ingest.formats import read_samples
+from pairfilter_dagster.core.ingest.samples import SampleRules
+from pairfilter_dagster.core.schema import Status
+from pairfilter_dagster.testing import PHOTOS
+
+from .conftest import write_manifest
+
+NAMES = ["cat.jpg", "img2.jpg", "img3.jpg", "img8.jpg", "blip.jpg", "img9.jpg", "img_pair_1.jpg", "img10.jpg"]
+
+
+@pytest.fixture
+def still_data(tmp_path):
+    """Four pairs of real photos, left still for longer than the racy window."""
+    data = tmp_path / "data"
+    shutil.copytree(PHOTOS, data / "images")
+    write_manifest(data / "raw" / "pairs.jsonl", [{"images": [f"../images/{a}", f"../images/{b}"]}
+                                                  for a, b in zip(NAMES[::2], NAMES[1::2])])
+    time.sleep(RACY_NS / 1e9 + 0.2)
+    return data
+
+
+def score(data, embedder, **limits):
+    rules = SampleRules.for_data_dir(data)
+    with store.connect(data / "pairfilter.duckdb") as conn:
+        stages.ingest(conn, read_samples(data / "raw", rules))
+        with LocalEngine(embedder, batch_size=4) as engine:
+            return stages.score(conn, embedder, engine, access=ImageAccess(rules.image_roots, **limits))
+
+
+def hashes(data):
+    with duckdb.connect(str(data / "pairfilter.duckdb"), read_only=True) as conn:
+        return {sample_id: list(found) for sample_id, found in
+                conn.execute("SELECT sample_id, image_hashes FROM image_pair_stats").fetchall()}
+
+
+def sha256(path):
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_a_rescored_shard_reads_none_of_its_unchanged_files_and_scores_the_same(still_data, embedder):
+    first = score(still_data, embedder)
+    before = hashes(still_data)
+    second = score(still_data, embedder)
+    assert (first.hashes_remembered, second.hashes_remembered) == (0, len(NAMES))
+    assert hashes(still_data) == before and second.images_embedded == 0
+    assert before["pairs.jsonl:1"] == [sha256(still_data / "images" / name) for name in NAMES[:2]]
+
+
+def test_a_file_rewritten_in_place_with_the_same_size_is_read_again(still_data, embedder):
+    score(still_data, embedder)
+    cat = still_data / "images" / "cat.jpg"
+    data = bytearray(cat.read_bytes())
+    data[-3] ^= 0xFF  # among the JPEG's last bytes: the same size, another content
+    cat.write_bytes(bytes(data))
+    report = score(still_data, embedder)
+    assert report.hashes_remembered == len(NAMES) - 1 and report.images_embedded == 1
+    assert hashes(still_data)["pairs.jsonl:1"][0] == hashlib.sha256(bytes(data)).hexdigest()
+
+
+def test_a_file_swapped_for_a_symlink_is_read_again(still_data, embedder):
+    score(still_data, embedder)
+    img2 = still_data / "images" / "img2.jpg"
+    img2.unlink()
+    os.symlink(still_data / "images" / "img8.jpg", img2)
+    report = score(still_data, embedder)
+    assert report.hashes_remembered == len(NAMES) - 1
+    assert hashes(still_data)["pairs.jsonl:1"][1] == sha256(still_data / "images" / "img8.jpg")
+
+
+def test_a_remembered_file_beyond_new_limits_gets_its_status(still_data, embedder):
+    score(still_data, embedder)
+    tight = score(still_data, embedder, max_pixels=10_000)  # every photo has more pixels
+    assert tight.hashes_remembered == 0 and set(tight.status_counts) == {Status.IMAGE_TOO_LARGE}
