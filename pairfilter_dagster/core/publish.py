@@ -5,11 +5,11 @@ image paths rewritten relative to the output file's folder (where Data-Juicer re
 
 A file is written to a temp file beside it (`.<name>.<host>.<pid>.<random>.tmp`, with the usual permissions),
 fsynced, and renamed over the old one; a file for a remote location is staged in a local folder and uploaded in
-one request, which an object store makes visible whole. A write that fails removes its temp file; one that is killed leaves it, and
-the next write of that file (or the next store connection) removes the temp files of processes that are gone. The
-filtered JSONL is renamed only after its table commits, and the commit records the pending rename (`pending_publish`):
-a run killed between the two is completed by the next connection, so the file and its table never disagree for
-longer than that."""
+one request, which an object store makes visible whole. A write that fails removes its temp file; one that is
+killed leaves it, and the next write of that file (or the next store connection) removes the temp files of
+processes that are gone. The filtered JSONL is renamed only after its table commits, and the commit records the
+pending rename (`pending_publish`): a run killed between the two is completed by the next connection, so the file
+and its table never disagree for longer than that."""
 
 import functools
 import hashlib
