@@ -66,8 +66,9 @@ class ScoringReport:
 
 
 class PairScorer:
-    """Scores chunks of samples with one embedding engine, one cache and worker processes that hash image files
-    (`processes.WorkerProcesses`, started on the first chunk that needs them)."""
+    """Scores chunks of samples with one embedding engine, one cache, worker processes that hash local image files
+    (`processes.WorkerProcesses`, started on the first chunk that needs them), threads that read remote ones, and
+    the remembered hashes of unchanged files (`file_hashes`)."""
 
     def __init__(
         self,
