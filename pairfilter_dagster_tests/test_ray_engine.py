@@ -4,6 +4,7 @@ run, and a model actor killed mid-run is restarted by Ray without failing the ru
 import os
 import signal
 import subprocess
+import threading
 
 import duckdb
 import pytest
@@ -197,6 +198,7 @@ def test_a_killed_actor_is_restarted_and_the_run_succeeds(local_ray, tmp_path, t
     local_rows, _ = score_samples(samples, embedder, batch_size=4)
 
     killed, embedded_at_kill, seen_after_kill = [], [], set()
+    done = threading.Event()
 
     def kill_first_actor_after_its_first_batch(report, refs_done):
         """Called by the scorer after each batch it receives from Ray: the first time, SIGKILL the actor."""
@@ -205,12 +207,23 @@ def test_a_killed_actor_is_restarted_and_the_run_succeeds(local_ray, tmp_path, t
             os.kill(pid, signal.SIGKILL)
             killed.append(pid)
             embedded_at_kill.append(report.images_embedded)
-        else:
-            seen_after_kill.update(actor_pids())
 
-    with engine(tiny_clip_dir) as ray_engine, \
-            PairScorer(ray_engine, on_progress=kill_first_actor_after_its_first_batch) as scorer:
-        rows = [row for chunk in chunked(samples, 1000) for row in scorer.score_chunk(chunk)]
+    def watch_actors():
+        """The actors alive after the kill, looked for every 50 ms: the new one may finish the remaining batches
+        and be shut down with the run before the scorer's next callback."""
+        while not done.wait(0.05):
+            if killed:
+                seen_after_kill.update(actor_pids())
+
+    watcher = threading.Thread(target=watch_actors, daemon=True)
+    watcher.start()
+    try:
+        with engine(tiny_clip_dir) as ray_engine, \
+                PairScorer(ray_engine, on_progress=kill_first_actor_after_its_first_batch) as scorer:
+            rows = [row for chunk in chunked(samples, 1000) for row in scorer.score_chunk(chunk)]
+    finally:
+        done.set()
+        watcher.join()
 
     assert killed, "the actor was never seen"
     assert embedded_at_kill[0] < 64, "the kill came after the last batch: not mid-run"
