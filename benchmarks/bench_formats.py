@@ -9,7 +9,6 @@ in how samples and images are read. bench_scoring prints these rows (11.); alone
 import argparse
 import io
 import json
-import logging
 import os
 import tarfile
 import tempfile
@@ -27,7 +26,7 @@ from pairfilter_dagster.core.ingest.formats import read_samples
 from pairfilter_dagster.core.ingest.samples import SampleRules
 from pairfilter_dagster.core.locations import AnyPath, as_location
 from pairfilter_dagster.core.schema import Status
-from pairfilter_dagster.testing import distinct_photos, write_clip_checkpoint
+from pairfilter_dagster.testing import distinct_photos, local_s3, write_clip_checkpoint
 
 BUCKET = "pairfilter-bench"
 
@@ -76,32 +75,6 @@ def scored_pairs_per_second(embedder: ClipEmbedder, data: AnyPath, state: Path, 
     return report.samples / seconds
 
 
-class LocalS3:
-    """moto's S3 server on a free loopback port, with the variables s3fs (botocore) reads."""
-
-    def __enter__(self):
-        from moto.server import ThreadedMotoServer
-        from s3fs import S3FileSystem
-
-        logging.getLogger("werkzeug").setLevel(logging.WARNING)
-        self.server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-        self.server.start()
-        host, port = self.server.get_host_and_port()
-        os.environ.update(AWS_ENDPOINT_URL=f"http://{host}:{port}", AWS_ACCESS_KEY_ID="bench",
-                          AWS_SECRET_ACCESS_KEY="bench", AWS_DEFAULT_REGION="us-east-1")
-        S3FileSystem.clear_instance_cache()
-        self.fs = S3FileSystem()
-        self.fs.mkdir(BUCKET)
-        return self
-
-    def upload(self, folder: Path, prefix: str) -> AnyPath:
-        self.fs.put(f"{folder}/", f"{BUCKET}/{prefix}", recursive=True)
-        return as_location(f"s3://{BUCKET}/{prefix}")
-
-    def __exit__(self, *exc) -> None:
-        self.server.stop()
-
-
 def format_rows(embedder: ClipEmbedder, pairs: list[tuple[Path, Path]], work: Path, batch_size: int) -> list[tuple[str, str]]:
     """(measure, value) rows: pairs/s for each kind of shard, and each against JSONL naming files."""
     rows, rates = [], {}
@@ -118,12 +91,14 @@ def format_rows(embedder: ClipEmbedder, pairs: list[tuple[Path, Path]], work: Pa
     except ImportError:
         rows.append(("formats: local S3 server", "skipped: pip install -e '.[dev,s3]'"))
     else:
-        with LocalS3() as s3:
+        with local_s3(BUCKET) as s3:
             for label, folder in (("JSONL + image files on a local S3 server", "write_jsonl"),
                                   ("Parquet with image bytes on a local S3 server", "write_parquet_bytes")):
                 state = work / f"state-{folder}"
                 state.mkdir()
-                rates[label] = scored_pairs_per_second(embedder, s3.upload(work / folder, folder), state, batch_size)
+                s3.put(f"{work / folder}/", f"{BUCKET}/{folder}", recursive=True)
+                data = as_location(f"s3://{BUCKET}/{folder}")
+                rates[label] = scored_pairs_per_second(embedder, data, state, batch_size)
     reference = rates["JSONL + image files"]
     for label, rate in rates.items():
         rows.append((f"formats: {label} (pairs/s; / JSONL + files)", f"{rate:.2f}; {rate / reference:.2f}x"))

@@ -2,10 +2,13 @@
 checkpoints (and models without image features, to be refused) written exactly as a hub checkpoint is laid out
 (config, safetensors weights, preprocessor config), so they load through the same `from_pretrained` path that users
 take with a hub id (the build machines have no model hub); and image files made from the real photos bundled in the
-repo's data/images."""
+repo's data/images; a local S3 server."""
 
+import os
 import random
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, Iterator
 
 from PIL import Image, ImageOps
 
@@ -149,3 +152,35 @@ def write_decompression_bomb(path: Path, size: tuple[int, int] = (10_000, 9_000)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.new("1", size).save(path)
     return path
+
+
+@contextmanager
+def local_s3(bucket: str) -> Iterator[Any]:
+    """A real S3 API on a free loopback port (moto's server, the dev extra), the variables every AWS client reads
+    set to it while the block runs, and an s3fs filesystem (the s3 extra) holding an empty `bucket`."""
+    import logging
+
+    from moto.server import ThreadedMotoServer
+    from s3fs import S3FileSystem
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    variables = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
+                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
+    saved = {name: os.environ.get(name) for name in variables}
+    os.environ.update(variables)
+    S3FileSystem.clear_instance_cache()  # an instance made before would still point elsewhere
+    try:
+        fs = S3FileSystem()
+        fs.mkdir(bucket)
+        yield fs
+    finally:
+        server.stop()
+        S3FileSystem.clear_instance_cache()
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value

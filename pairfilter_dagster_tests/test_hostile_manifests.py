@@ -13,7 +13,8 @@ import dagster as dg
 import duckdb
 import pytest
 
-from pairfilter_dagster.core.ingest.manifests import compare, fingerprint_manifests, list_shards
+from pairfilter_dagster.core.ingest.changes import compare, fingerprint_manifests
+from pairfilter_dagster.core.ingest.manifests import list_shards
 
 from .conftest import write_manifest
 from .hostile import make_unreadable, materialize, python
@@ -158,7 +159,8 @@ def test_the_sensors_fingerprints_never_take_an_unreadable_shard_for_a_removed_o
     make_unreadable(raw / "sub")
     probe = python(f"""
 import json
-from pairfilter_dagster.core.ingest.manifests import compare, fingerprint_manifests, list_shards
+from pairfilter_dagster.core.ingest.changes import compare, fingerprint_manifests
+from pairfilter_dagster.core.ingest.manifests import list_shards
 listing = list_shards({str(raw)!r})
 current = fingerprint_manifests(listing, {before!r})
 print(json.dumps({{"problems": listing.problems, "changes": compare({before!r}, current).__dict__}}))
@@ -171,5 +173,6 @@ print(json.dumps({{"problems": listing.problems, "changes": compare({before!r}, 
     # Readable again, the unreadable manifest inside is a changed shard (fingerprinted by its problem).
     assert compare(before, fingerprint_manifests(list_shards(raw))).changed == []
     assert "problem: " in python(f"""
-from pairfilter_dagster.core.ingest.manifests import fingerprint_manifests, list_shards
+from pairfilter_dagster.core.ingest.changes import fingerprint_manifests
+from pairfilter_dagster.core.ingest.manifests import list_shards
 print(fingerprint_manifests(list_shards({str(raw)!r}))["sub/c.jsonl"])""").stdout

@@ -5,7 +5,6 @@ are refused before work with one message naming the setting and the fix."""
 
 import io
 import json
-import logging
 import os
 import subprocess
 import sys
@@ -16,13 +15,14 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pairfilter_dagster.core.images import HELD_READS
+from pairfilter_dagster.core.held_reads import HELD_READS
 from pairfilter_dagster.core.ingest.formats import read_shards
 from pairfilter_dagster.core.ingest.manifests import list_shards
 from pairfilter_dagster.core.ingest.samples import SampleRules
 from pairfilter_dagster.core.locations import LocationError, as_location
 from pairfilter_dagster.core.scoring import score_samples
 from pairfilter_dagster.defs.resources import PairfilterStorage
+from pairfilter_dagster.testing import local_s3
 
 from .pipeline import PIPELINE
 from .test_assets import ASSETS, query, run
@@ -37,29 +37,8 @@ EXPORT = [*ASSETS, PIPELINE.image_embeddings]
 
 @pytest.fixture(scope="module")
 def s3():
-    """A moto S3 server on a free loopback port, and the variables every AWS client reads."""
-    from moto.server import ThreadedMotoServer
-    from s3fs import S3FileSystem
-
-    logging.getLogger("werkzeug").setLevel(logging.WARNING)  # a line per request otherwise
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    variables = {"AWS_ENDPOINT_URL": f"http://{host}:{port}", "AWS_ACCESS_KEY_ID": "testing",
-                 "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}
-    saved = {name: os.environ.get(name) for name in variables}
-    os.environ.update(variables)
-    S3FileSystem.clear_instance_cache()
-    fs = S3FileSystem()
-    fs.mkdir(BUCKET)
-    yield fs
-    server.stop()
-    S3FileSystem.clear_instance_cache()
-    for name, value in saved.items():
-        if value is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = value
+    with local_s3(BUCKET) as fs:
+        yield fs
 
 
 def mixed_dataset(tmp_path):

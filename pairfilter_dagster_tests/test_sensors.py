@@ -14,7 +14,8 @@ from dagster._core.remote_origin import (
     RemoteRepositoryOrigin,
 )
 
-from pairfilter_dagster.core.ingest.manifests import compare, fingerprint_manifests, list_shards
+from pairfilter_dagster.core.ingest.changes import compare, fingerprint_manifests
+from pairfilter_dagster.core.ingest.manifests import list_shards
 from pairfilter_dagster.defs.partitions import registered_shards
 from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage
 

@@ -10,13 +10,13 @@ import hashlib
 import io
 import os
 import stat
-import threading
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from .held_reads import HELD_READS
 from .image_refs import MemberRef, parse_member_ref, read_member
 from .locations import filesystem_for, is_remote, read_remotely, url_within
 from .schema import Status
@@ -230,39 +230,6 @@ def check_dimensions(path: str, width: int, height: int, access: ImageAccess) ->
     if max(width, height) > access.max_aspect_ratio * max(min(width, height), 1):
         raise ImageRefused(Status.IMAGE_TOO_LARGE, f"image too elongated: {path} is {width}x{height}, an aspect "
                            f"ratio above max_image_aspect_ratio={access.max_aspect_ratio:g}")
-
-
-class HeldReads:
-    """The bytes of remote images read for hashing, kept within a budget until the same chunk decodes them: one
-    request per image instead of two (requests cost time and, on S3, money). `PairScorer` clears it per chunk;
-    decoding in other processes (decode_processes, Ray) reads again."""
-
-    def __init__(self, budget: int) -> None:
-        self.budget, self.used, self.hits = budget, 0, 0
-        self.items: dict[str, bytes] = {}
-        self.lock = threading.Lock()
-
-    def offer(self, path: str, data: bytes) -> None:
-        with self.lock:
-            if path not in self.items and self.used + len(data) <= self.budget:  # the first read are the first decoded
-                self.items[path] = data
-                self.used += len(data)
-
-    def take(self, path: str) -> bytes | None:
-        with self.lock:
-            data = self.items.pop(path, None)
-            if data is not None:
-                self.used -= len(data)
-                self.hits += 1
-            return data
-
-    def clear(self) -> None:
-        with self.lock:
-            self.items.clear()
-            self.used = 0
-
-
-HELD_READS = HeldReads(256 * 2**20)
 
 
 def read_verified(path: str, content_hash: str, access: ImageAccess = ImageAccess()) -> bytes:

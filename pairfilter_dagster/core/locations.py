@@ -8,6 +8,7 @@ filesystem's library finds them (environment, profiles) or from `storage_options
 
 import hashlib
 import io
+import os
 import posixpath
 import re
 from pathlib import Path
@@ -19,6 +20,9 @@ from upath import UPath
 AnyPath = Union[Path, UPath]
 SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]+)://")
 LOCAL_SCHEMES = ("file", "local")
+HOME_ENV_VAR = "PAIRFILTER_HOME"
+READ_ONLY_SCHEMES = ("hf", "http", "https")
+"""Where the default output location (beside the data) cannot be written: outputs go to the state folder."""
 EXTRAS = {"s3": "s3", "s3a": "s3", "gs": "gcs", "gcs": "gcs"}
 """The project's extra that installs each scheme's library (hf:// comes with huggingface_hub, a dependency)."""
 
@@ -78,9 +82,14 @@ def filesystem_for(url: str, storage_options: Mapping[str, Any], *, setting: str
                             "local folder or an s3://, gs://, hf://, memory:// URL") from None
 
 
+def stored_in(image: str) -> str:
+    """The file an image is read from: its path, or the shard of a `tar:` / `parquet:` reference."""
+    return image.split("#", 1)[0].removeprefix("tar:").removeprefix("parquet:")
+
+
 def read_remotely(image: str) -> bool:
-    """Whether reading the image (a path, or a `tar:` / `parquet:` reference into a shard) goes to a remote store."""
-    return is_remote(image.split("#", 1)[0].removeprefix("tar:").removeprefix("parquet:"))
+    """Whether reading the image (a path, or a reference into a shard) goes to a remote store."""
+    return is_remote(stored_in(image))
 
 
 def join_url(base: str, relative: str) -> str:
@@ -134,3 +143,26 @@ def state_name(url: str) -> str:
     """A folder name for a remote location's local state: readable, and unique by a hash of the URL."""
     readable = re.sub(r"[^A-Za-z0-9._-]+", "-", url.replace("://", "-")).strip("-")[:80]
     return f"{readable}-{hashlib.sha256(url.encode()).hexdigest()[:8]}"
+
+
+def default_state_folder(url: str) -> Path:
+    """The local folder of a remote location's state: `$PAIRFILTER_HOME/<name>`, else `~/.cache/pairfilter/<name>`."""
+    home = os.environ.get(HOME_ENV_VAR)
+    base = Path(home).expanduser() if home else Path.home() / ".cache" / "pairfilter"
+    return (base / state_name(url)).resolve()
+
+
+def check_listable(root: UPath, setting_value: str, fix: str) -> None:
+    """A remote data folder that can be listed and holds something (its raw/ is listed again for each run);
+    `LocationError` naming `data_dir` otherwise."""
+    try:
+        found = root.fs.ls(root.path, detail=False)
+    except FileNotFoundError:
+        found = []
+    except Exception as exc:  # the stores' own errors: no such bucket, no credentials, denied
+        raise LocationError(f"data_dir: cannot list {setting_value!r}: {type(exc).__name__}: {exc}; check the bucket "
+                            "name, the credentials (AWS_* variables, profiles, gcloud auth) and storage.storage_options"
+                            ) from None
+    if not found:
+        raise LocationError(f"data_dir: {setting_value!r} does not exist or is empty (no raw/ in it); {fix} to a "
+                            "location holding raw/")

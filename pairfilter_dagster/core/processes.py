@@ -19,6 +19,8 @@ from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
 
+from .locations import stored_in
+
 PRELOAD = ("pairfilter_dagster.core.embedding.preprocess", "transformers.models.clip.image_processing_pil_clip")
 """What the forkserver imports before it forks the first worker: our decoding and hashing code and CLIP's image
 processor (which imports transformers and torch, seconds that would otherwise be paid in every decode worker)."""
@@ -41,14 +43,13 @@ def processes_allowed() -> bool:
 
 PROCESS_LOCAL_SCHEMES = ("memory://",)
 """Filesystems whose files live in the step's own memory (fsspec's `memory://`): a worker process sees another,
-empty one, so images on them are hashed and decoded in the step's process."""
+empty one, so images on them are decoded in the step's process (remote images are hashed in threads anyway)."""
 
 
 def readable_in_workers(paths: Iterable[str]) -> bool:
     """Whether worker processes read these images as the step does: none of them (nor the shard holding one, for
     `tar:` / `parquet:` references) is on a process-local filesystem."""
-    return not any("://" in path and path.split("#", 1)[0].removeprefix("tar:").removeprefix("parquet:")
-                   .startswith(PROCESS_LOCAL_SCHEMES) for path in paths)
+    return not any(stored_in(path).startswith(PROCESS_LOCAL_SCHEMES) for path in paths)
 
 
 def available_cores() -> int:

@@ -19,9 +19,10 @@ from .embedding.engine import EmbeddingEngine
 from .embedding.local import DEFAULT_CHUNK_SAMPLES, DEFAULT_DECODE_WORKERS, LocalEngine
 from .embedding.model import ClipEmbedder
 from .file_hashes import FileHashes
-from .images import HELD_READS, ImageAccess, ImageFile, inspect_image_file, is_local_file
+from .held_reads import HELD_READS
+from .images import ImageAccess, ImageFile, inspect_image_file, is_local_file
 from .locations import read_remotely
-from .processes import WorkerProcesses, available_cores, processes_allowed, readable_in_workers
+from .processes import WorkerProcesses, available_cores, processes_allowed
 from .schema import Sample, StatsRow, Status
 
 if TYPE_CHECKING:
@@ -172,8 +173,7 @@ class PairScorer:
         return [found[path] for path in paths]
 
     def _read_and_hash(self, paths: list[str]) -> list[ImageFile]:
-        if len(paths) < HASH_IN_PROCESSES_FROM or self.hash_workers < 2 or not processes_allowed() \
-                or not readable_in_workers(paths):
+        if len(paths) < HASH_IN_PROCESSES_FROM or self.hash_workers < 2 or not processes_allowed():
             return inspect_image_files(paths, self.access)
         if self._hashing is None:
             self._hashing = WorkerProcesses(self.hash_workers)

@@ -23,7 +23,7 @@ import os
 
 import dagster as dg
 
-from ..core.ingest.manifests import compare, fingerprint_manifests, still_being_written
+from ..core.ingest.changes import compare, fingerprint_manifests, still_being_written
 from .jobs import PipelineJobs
 from .partitions import all_shards_tags, registered_shards, shard_partition_changes
 from .spec import PipelineSpec

@@ -1,21 +1,15 @@
-"""The manifests under <data>/raw/: each is a shard, named by its path relative to raw/; what cannot be read there;
-and what changed among them since last time (the state the new-data sensor keeps).
+"""The manifests under <data>/raw/: each is a shard, named by its path relative to raw/; what cannot be read there
+(what changed among them since last time: `changes`).
 
 Listing never loses a shard without a word: a manifest that cannot be read (not a regular file, a dangling or
 escaping symlink, no permission, a name that is not UTF-8) is still listed, with its problem, and a folder that
 cannot be read is named, so its shards are never taken for removed. Symlinked folders and manifests are followed
-while their real path stays inside the allowed roots (the data folder and the image roots).
-
-A local manifest's fingerprint is the SHA-256 of its bytes, so touching a file without changing it is no change,
-and a rewrite that keeps size and timestamp still is one. A remote shard's is what its listing says (ETag, or size
-and modification time): reading every object at every sensor tick would cost more than the run."""
+while their real path stays inside the allowed roots (the data folder and the image roots)."""
 
 import functools
 import gzip
-import hashlib
 import os
 import stat
-import time
 import zlib
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -253,11 +247,6 @@ def open_manifest(path: AnyPath) -> Iterator[BinaryIO]:
         yield handle
 
 
-def blocks(path: Path) -> Iterator[bytes]:
-    with open_manifest(path) as handle:
-        yield from iter(lambda: handle.read(1 << 20), b"")
-
-
 @contextmanager
 def open_lines(path: AnyPath) -> Iterator[BinaryIO]:
     """A manifest's content, decompressed when it is a `.jsonl.gz`."""
@@ -287,63 +276,3 @@ def count_lines(path: AnyPath) -> int:
         except GZIP_ERRORS:
             return count + (last != b"\n") + 1
     return count + (last != b"\n")
-
-
-@dataclass(frozen=True)
-class ManifestChanges:
-    added: list[str]
-    changed: list[str]
-    removed: list[str]
-
-    def __bool__(self) -> bool:
-        return bool(self.added or self.changed or self.removed)
-
-    def summary(self) -> str:
-        parts = [f"{label}: {', '.join(names)}" for label, names in
-                 (("added", self.added), ("changed", self.changed), ("removed", self.removed)) if names]
-        return "; ".join(parts) or "no change"
-
-
-def fingerprint_manifests(listing: ShardListing, previous: dict[str, str] | None = None) -> dict[str, str]:
-    """{shard: SHA-256 of its bytes} for every listed shard. A shard that cannot be read is fingerprinted by its
-    problem, so that fixing it is a change; one that may still exist under a folder that could not be read keeps
-    its `previous` fingerprint, so it is not taken for removed."""
-    fingerprints = {name: f"problem: {f.problem}" if f.problem else f.fingerprint or file_digest(f.path)  # type: ignore[arg-type]
-                    for name, f in listing.files.items()}
-    fingerprints.update({name: fp for name, fp in (previous or {}).items()
-                         if name not in fingerprints and listing.may_hold(name)})
-    return fingerprints
-
-
-def file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
-    try:
-        for block in blocks(path):
-            digest.update(block)
-    except OSError as exc:  # gone or changed since it was listed
-        return f"problem: {exc.strerror or exc}"
-    return digest.hexdigest()
-
-
-def compare(previous: dict[str, str], current: dict[str, str]) -> ManifestChanges:
-    return ManifestChanges(
-        added=sorted(set(current) - set(previous)),
-        changed=sorted(name for name in set(current) & set(previous) if current[name] != previous[name]),
-        removed=sorted(set(previous) - set(current)),
-    )
-
-
-def still_being_written(listing: ShardListing, settle_seconds: float) -> list[str]:
-    """Manifests modified within the last `settle_seconds`: a copy may still be in progress (an object in a store
-    appears whole)."""
-    now = time.time()
-    busy = []
-    for name, path in listing.readable.items():
-        if is_remote_path(path):
-            continue
-        try:
-            if now - path.stat().st_mtime < settle_seconds:
-                busy.append(name)
-        except OSError:
-            continue
-    return busy
