@@ -1,4 +1,7 @@
-"""`pairfilter-materialize`: the whole pipeline over every shard of a data folder, headless, in one run.
+"""`pairfilter-materialize`: the whole pipeline over every shard of a data folder, headless, in one run; or, with
+`--shard KEY`, only those shards (one worker per shard, by hand or from any scheduler: workers on different shards
+run at once, nothing is shared but files of their own); or, with `--dataset`, only the filtered dataset from every
+shard's results.
 
 `dagster asset materialize --select '*'` cannot do this: it needs a partition for the shard assets, and cannot add
 the partitions of new manifests. This command makes the shard partitions match the manifests under <data>/raw/,
@@ -15,7 +18,7 @@ import os
 import sys
 import time
 import warnings
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import dagster as dg
 import pydantic
@@ -40,6 +43,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--config-json", help="run config as a JSON object, applied after the files")
     parser.add_argument("-v", "--verbose", action="store_true", help="show every Dagster log line (DEBUG too)")
+    only = parser.add_mutually_exclusive_group()
+    only.add_argument("--shard", action="append", metavar="KEY", help="ingest, score and export only this shard "
+                      "(its path relative to raw/; repeatable), one run each; then build the dataset with --dataset")
+    only.add_argument("--dataset", action="store_true", help="only build the filtered dataset and the report from "
+                      "every shard's results")
     return parser
 
 
@@ -90,14 +98,15 @@ def main(argv: list[str] | None = None) -> int:
     if not args.verbose:  # about Dagster's own APIs, nothing for the user to act on
         warnings.filterwarnings("ignore", category=dg.BetaWarning)
         warnings.filterwarnings("ignore", category=dg.PreviewWarning)
-    return materialize(run_config, RunConsole(sys.stderr, verbose=args.verbose))
+    return materialize(run_config, RunConsole(sys.stderr, verbose=args.verbose), args.shard or (), args.dataset)
 
 
-def materialize(run_config: dict, console: RunConsole) -> int:
-    """Make the shard partitions match the manifests, run every shard (or only the dataset when there is none) in
-    one run, and tell how it went: the summary, or the one line saying why it failed. A manifest that cannot be
-    read then gets a run of its own, which fails saying why (Dagster cannot fail one partition of a run over
-    several, dagster#17836), and the command names it and exits 1."""
+def materialize(run_config: dict, console: RunConsole, shards: Sequence[str] = (), dataset_only: bool = False) -> int:
+    """Make the shard partitions match the manifests, run every shard (or only the dataset when there is none, or
+    `dataset_only`) in one run, or `shards` one run each, and tell how it went: the summary, or the one line
+    saying why it failed. A manifest that cannot be read then gets a run of its own, which fails saying why
+    (Dagster cannot fail one partition of a run over several, dagster#17836), and the command names it and exits
+    1."""
     started = time.monotonic()
     defs = load_defs()
     partitions = defs.resolve_assets_def("raw_samples").partitions_def
@@ -112,33 +121,49 @@ def materialize(run_config: dict, console: RunConsole) -> int:
     except ValueError as exc:
         print(f"{PROG}: error: {exc}", file=sys.stderr)
         return 2
+    unknown = [shard for shard in shards if shard not in listing.names]
+    if unknown:
+        print(f"{PROG}: error: --shard {', '.join(unknown)}: no such shard under {storage.raw_dir} (shards: "
+              f"{', '.join(listing.names[:10]) or 'none'}{', ...' if len(listing.names) > 10 else ''})", file=sys.stderr)
+        return 2
     instance = dg.DagsterInstance.get() if os.environ.get("DAGSTER_HOME") else dg.DagsterInstance.ephemeral()
     with instance:
         tags = every_shard_tags(instance, partitions, listing)
-        job, job_config = with_console(defs.resolve_job_def("pairfilter_job" if tags else "dataset_job"), run_config,
-                                       console)
-        print(f"{job.name} over {len(registered_shards(instance, partitions))} shards under {storage.raw_dir}",
-              flush=True)
-        try:
-            result = job.execute_in_process(run_config=job_config, instance=instance, tags=tags,
-                                            raise_on_error=False)
-        except dg.DagsterInvalidConfigError as exc:  # refused before the run started
-            print(f"{PROG}: invalid run config: {'; '.join(one_line(e.message) for e in exc.errors)}",
-                  file=sys.stderr)
-            return 1
-        finally:
-            console.end_bar()
-        for shard, file in listing.files.items():
-            if file.problem:
-                fail_partition(defs.resolve_job_def("shard_job"), shard, run_config, instance, console)
-    for name, problem in listing.problems.items():
+        runs: list[tuple[str, dict[str, Any]]]
+        if shards:
+            runs = [("shard_job", {"partition_key": shard}) for shard in shards]
+        else:
+            runs = [("pairfilter_job", {"tags": tags})] if tags and not dataset_only else [("dataset_job", {})]
+        what = f"shard {', '.join(shards)}" if shards else f"{len(registered_shards(instance, partitions))} shards"
+        print(f"{', '.join(dict.fromkeys(name for name, _ in runs))} over {what} under {storage.raw_dir}", flush=True)
+        results = []
+        for name, options in runs:
+            job, job_config = with_console(defs.resolve_job_def(name), run_config, console)
+            try:
+                results.append(job.execute_in_process(run_config=job_config, instance=instance, raise_on_error=False,
+                                                      **options))
+            except dg.DagsterInvalidConfigError as exc:  # refused before the run started
+                print(f"{PROG}: invalid run config: {'; '.join(one_line(e.message) for e in exc.errors)}",
+                      file=sys.stderr)
+                return 1
+            finally:
+                console.end_bar()
+        if runs[0][0] == "pairfilter_job":
+            for shard, file in listing.files.items():
+                if file.problem:
+                    fail_partition(defs.resolve_job_def("shard_job"), shard, run_config, instance, console)
+    problems = {name: problem for name, problem in listing.problems.items() if not shards or name in shards}
+    for name, problem in problems.items():
         print(f"{PROG}: {name}: {problem}", file=sys.stderr)
-    checks_failed = [c for c in result.get_asset_check_evaluations() if not c.passed]
-    if not result.success or [c for c in checks_failed if c.check_name != "every_manifest_readable"]:
-        print(failure_line(result), file=sys.stderr)
-        return 1
-    print(summary(result, storage, time.monotonic() - started))
-    return 1 if listing.problems else 0
+    failed = False
+    for result in results:
+        checks_failed = [c for c in result.get_asset_check_evaluations() if not c.passed]
+        if not result.success or [c for c in checks_failed if c.check_name != "every_manifest_readable"]:
+            print(failure_line(result), file=sys.stderr)
+            failed = True
+        else:
+            print(summary(result, storage, time.monotonic() - started))
+    return 1 if failed or problems else 0
 
 
 def fail_partition(shard_job: dg.JobDefinition, shard: str, run_config: dict, instance: dg.DagsterInstance,

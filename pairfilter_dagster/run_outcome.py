@@ -38,6 +38,8 @@ def summary(result: dg.ExecuteInProcessResult, storage: PairfilterStorage, secon
     if raw:
         lines.append(f"  shards:   {raw.get('shards', 0)}")
         lines.append(f"  samples:  {raw.get('dagster/row_count', 0)} ({statuses or 'none'})")
+    elif filtered.get("shards"):
+        lines.append(f"  shards:   {filtered['shards']} (their result files; no shard was ingested or scored)")
     else:
         lines.append("  shards:   0 (no manifest under raw/: only the filtered dataset and the report were rebuilt)")
     if stats:
@@ -47,14 +49,16 @@ def summary(result: dg.ExecuteInProcessResult, storage: PairfilterStorage, secon
         lines.append(f"  dropped:  {filtered['dropped']} (scored outside the thresholds)")
         lines.append(f"  filtered: {filtered['output_path']}")
         if filtered.get("shards_removed"):
-            lines.append(f"  removed:  {', '.join(filtered['shards_removed'])} (manifest gone: its rows deleted)")
+            lines.append(f"  removed:  {', '.join(filtered['shards_removed'])} (manifest gone: its result files deleted)")
     if "image_embeddings" in meta:
         emb = meta["image_embeddings"]
         lines.append(f"  embeddings: {emb['dagster/row_count']} vectors of {emb['dimension']} floats, {emb['shards']} "
                      f"shards, in {emb['output_dir']}")
     if "similarity_report" in meta:
         lines.append(f"  report:   {meta['similarity_report']['report_dir']}")
-    lines.append(f"  duckdb:   {storage.database}")
+    lines.append(f"  results:  {storage.results.root}")
+    if storage.catalog.exists():
+        lines.append(f"  catalog:  {storage.catalog} (DuckDB views over the result files)")
     return "\n".join(lines)
 
 

@@ -17,25 +17,27 @@ from typing import Any, Mapping
 
 import duckdb
 
+from .catalog import quoted
 from .ingest.formats import shard_format
 from .ingest.manifests import open_manifest
 from .ingest.webdataset import intact_members, sample_key
 from .locations import AnyPath
 from .publish import ImagePaths, StagedSink, dj_record, staged_file
-from .queries import FILTERED, STATS
-from .schema import SIMILARITY_STAT
+from .results import ResultFiles, url_of
+from .schema import SIMILARITY_STAT, StatsRow
 
 KEPT_FOLDER, KEPT_IDS = "kept", "kept_ids.txt"
 Kept = dict[int, tuple[str, tuple[float, ...], str]]
 """{line number: (sample id, scores, the line as written)} of one shard's kept samples."""
 
 
-def write_kept_outputs(conn: duckdb.DuckDBPyConnection, shards: Mapping[str, AnyPath], output_dir: AnyPath) -> dict[str, int]:
+def write_kept_outputs(conn: duckdb.DuckDBPyConnection, results: ResultFiles, shards: Mapping[str, AnyPath],
+                       output_dir: AnyPath) -> dict[str, int]:
     """Write every readable shard's kept file and `kept_ids.txt`; returns {shard: samples kept}."""
     written = {}
     with staged_file(output_dir / KEPT_IDS) as ids:
         for shard in sorted(shards):
-            kept = kept_of(conn, shard)
+            kept = kept_of(conn, results, shard)
             target = output_dir / KEPT_FOLDER / shard
             WRITERS[shard_format(shard)](shards[shard], shard, kept, target)
             ids.write_lines([sample_id for sample_id, _, _ in kept.values()])
@@ -44,10 +46,14 @@ def write_kept_outputs(conn: duckdb.DuckDBPyConnection, shards: Mapping[str, Any
     return written
 
 
-def kept_of(conn: duckdb.DuckDBPyConnection, shard: str) -> Kept:
+def kept_of(conn: duckdb.DuckDBPyConnection, results: ResultFiles, shard: str) -> Kept:
+    """Read from the filtered file (its row groups of other shards skipped: it is written in shard order) and the
+    shard's own stats file."""
+    filtered, stats = (quoted(url_of(path)) for path in (results.filtered_file, results.shard_file(StatsRow, shard)))
     rows = conn.execute(
-        f"SELECT f.line_number, f.sample_id, f.image_pair_similarity, s.sample_json FROM {FILTERED} f "
-        f"JOIN {STATS} s USING (sample_id) WHERE f.manifest = ? ORDER BY f.line_number", [shard]).fetchall()
+        f"SELECT f.line_number, f.sample_id, f.image_pair_similarity, s.sample_json FROM read_parquet({filtered}) f "
+        f"JOIN read_parquet({stats}) s USING (sample_id) WHERE f.manifest = ? ORDER BY f.line_number", [shard]
+    ).fetchall()
     return {line: (sample_id, tuple(scores), text) for line, sample_id, scores, text in rows}
 
 

@@ -7,9 +7,9 @@ A file is written to a temp file beside it (`.<name>.<host>.<pid>.<random>.tmp`,
 fsynced, and renamed over the old one; a file for a remote location is staged in a local folder and uploaded in
 one request, which an object store makes visible whole. A write that fails removes its temp file; one that is
 killed leaves it, and the next write of that file (or the next store connection) removes the temp files of
-processes that are gone. The filtered JSONL is renamed only after its table commits, and the commit records the
-pending rename (`pending_publish`): a run killed between the two is completed by the next connection, so the file
-and its table never disagree for longer than that."""
+processes that are gone. Files that belong together (the filtered table and its JSONL) are published as one
+(`publish_together`): a run killed between their renames has them completed by the next run, so they never
+disagree for longer than that."""
 
 import functools
 import hashlib
@@ -24,14 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any, Iterator, Sequence
 
-import duckdb
-
 from .jsonline import one_physical_line, set_members
 from .locations import AnyPath, as_location, as_path, is_remote, is_remote_path, join_url, relative_url, scheme_of
 from .schema import DJ_STATS_FIELD, SIMILARITY_STAT, FilteredRow, StatsRow
 
 TEMP_SUFFIX = ".tmp"
-PENDING_TABLE = "pending_publish"
 
 
 def dj_record(sample_json: str, scores: Sequence[float], paths: "ImagePaths | None" = None) -> str:
@@ -251,31 +248,32 @@ def process_alive(pid: int) -> bool:
     return True
 
 
-def record_pending(conn: duckdb.DuckDBPyConnection, staged: StagedFile) -> None:
-    """Inside the transaction that writes the file's table: the finished temp file is to become `staged.path`."""
-    digest = staged.finish()
-    conn.execute(f"CREATE TABLE IF NOT EXISTS {PENDING_TABLE} (path VARCHAR PRIMARY KEY, temp_path VARCHAR, "
-                 "sha256 VARCHAR)")
-    conn.execute(f"INSERT OR REPLACE INTO {PENDING_TABLE} VALUES (?, ?, ?)", [str(staged.path), str(staged.temp_path),
-                                                                             digest])
+def publish_together(files: Sequence[StagedFile], record_folder: Path) -> None:
+    """Publish finished files as one: a record of them (target, temp file, SHA-256) is written first, and is the
+    commit; a run killed after it has its renames (uploads) done by the next `complete_pending`."""
+    record = [{"path": str(f.path), "temp_path": str(f.temp_path), "sha256": f.finish()} for f in files]
+    record_folder.mkdir(parents=True, exist_ok=True)
+    record_path = record_folder / f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.json"
+    write_atomically(record_path, json.dumps(record).encode())
+    for staged in files:
+        staged.publish()
+    record_path.unlink()
 
 
-def publish_recorded(conn: duckdb.DuckDBPyConnection, staged: StagedFile) -> None:
-    """After the commit: rename, then clear the record."""
-    staged.publish()
-    conn.execute(f"DELETE FROM {PENDING_TABLE} WHERE path = ?", [str(staged.path)])
-
-
-def complete_pending(conn: duckdb.DuckDBPyConnection, storage_options: dict[str, Any] | None = None) -> list[str]:
-    """Finish the renames (uploads) that a killed run committed but did not do; returns the files published."""
-    if not conn.execute("SELECT 1 FROM information_schema.tables WHERE table_name = ?", [PENDING_TABLE]).fetchone():
-        return []
+def complete_pending(record_folder: Path, storage_options: dict[str, Any] | None = None) -> list[str]:
+    """Finish the renames (uploads) that killed runs committed but did not do; returns the files published."""
     done = []
-    for path, temp_path, digest in conn.execute(f"SELECT path, temp_path, sha256 FROM {PENDING_TABLE}").fetchall():
-        if os.path.exists(temp_path) and file_sha256(temp_path) == digest:
-            move_into_place(Path(temp_path), as_location(path, storage_options))
-            done.append(path)
-        conn.execute(f"DELETE FROM {PENDING_TABLE} WHERE path = ?", [path])
+    host = socket.gethostname()
+    for record_path in sorted(record_folder.glob(f"{host}.*.json")) if record_folder.is_dir() else ():
+        pid = record_path.name.split(".")[-3]
+        if pid.isdigit() and process_alive(int(pid)):
+            continue  # still publishing
+        for entry in json.loads(record_path.read_text()):
+            temp_path = entry["temp_path"]
+            if os.path.exists(temp_path) and file_sha256(temp_path) == entry["sha256"]:
+                move_into_place(Path(temp_path), as_location(entry["path"], storage_options))
+                done.append(entry["path"])
+        record_path.unlink()
     return done
 
 

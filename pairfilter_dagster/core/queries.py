@@ -5,8 +5,8 @@ from dataclasses import dataclass
 
 import duckdb
 
+from .catalog import INPUT_ORDER, one, scalar, shard_filter
 from .schema import FilteredRow, Sample, StatsRow, Status
-from .store import INPUT_ORDER, one, scalar, shard_filter
 
 RAW, STATS, FILTERED = Sample.TABLE, StatsRow.TABLE, FilteredRow.TABLE
 OK = f"'{Status.OK.value}'"

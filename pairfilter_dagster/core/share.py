@@ -15,9 +15,9 @@ from fractions import Fraction
 
 import duckdb
 
+from .catalog import scalar
 from .filtering import FilterSettings, ShareCut
 from .queries import OK, STATS
-from .store import scalar
 
 
 def wanted(fraction: float, ranked: int) -> int:

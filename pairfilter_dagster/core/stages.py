@@ -1,73 +1,87 @@
 """The work behind each asset, Dagster-free, each one visible loop: read a chunk, decide, write the chunk, count.
 
-Every stage holds one chunk of rows in memory at a time and replaces its table (or its shards' rows) through one
-`store.table_writer`, which commits when its block ends; an output file is published as the block's last step, so
-a failure anywhere leaves the previous table and file as they were."""
+Every stage holds one chunk of rows in memory at a time and writes its results as files (`results`): a shard's
+file appears whole when its stage ends, so a failure anywhere leaves the previous file as it was, and stages of
+different shards never write the same file, so they run at once without a lock."""
 
 from collections import Counter
 from dataclasses import dataclass
-from typing import Iterable, Sequence
+from pathlib import Path
+from typing import Mapping, Sequence
 
-import duckdb
-
-from . import publish, store
-from .embedding.cache import EmbeddingCache
+from . import publish
+from .embedding.cache_files import DEFAULT_BLOCK, EmbeddingFiles
 from .embedding.engine import EmbeddingEngine
 from .embedding.model import ClipEmbedder
 from .file_hashes import FileHashes
 from .filtering import FilterSettings, keep_row
 from .images import ImageAccess
-from .ingest.formats import shard_format
+from .ingest.formats import read_shards, shard_format
 from .ingest.manifests import ShardListing
+from .ingest.samples import SampleRules
 from .locations import AnyPath
 from .progress import ProgressCallback
+from .results import SHARD_TABLES, ResultFiles
 from .schema import FilteredRow, Sample, StatsRow, Status, column_names
 from .scoring import PairScorer, ScoringReport, StageTimer, chunked
+from .tables import TableFileWriter, read_rows, table_file
 
 FILTER_READS = [*column_names(FilteredRow), "status"]
 """What filtering needs of a stats row: the keep decision and the filtered row."""
 TABLE_CHUNK_SIZE = 10_000
-"""Rows per chunk where no model runs (ingesting, filtering): large enough to amortise each insert."""
+"""Rows per chunk where no model runs (ingesting, filtering): large enough to amortise each write."""
 
 
 def ingest(
-    conn: duckdb.DuckDBPyConnection,
-    samples: Iterable[Sample],
-    shards: Sequence[str] | None = None,
+    results: ResultFiles,
+    shards: Mapping[str, AnyPath],
+    rules: SampleRules,
     chunk_size: int = TABLE_CHUNK_SIZE,
 ) -> Counter[Status]:
-    """Replace `raw_samples` (only the rows of `shards`, if given) with the samples; returns the count per status."""
+    """Replace each shard's samples file with the samples read from its file ({shard: path}); returns the count
+    per status."""
     counts: Counter[Status] = Counter()
-    with store.table_writer(conn, Sample, shards) as table:
-        for chunk in chunked(samples, chunk_size):
-            table.write(chunk)
-            counts.update(sample.status for sample in chunk)
+    for shard in sorted(shards):
+        with table_file(results.shard_file(Sample, shard), Sample, shard) as table:
+            for chunk in chunked(read_shards({shard: shards[shard]}, rules), chunk_size):
+                table.write(chunk)
+                counts.update(sample.status for sample in chunk)
     return counts
 
 
 def score(
-    conn: duckdb.DuckDBPyConnection,
+    results: ResultFiles,
+    shards: Sequence[str],
     embedder: ClipEmbedder,
     engine: EmbeddingEngine,
     *,
     access: ImageAccess = ImageAccess(),
     on_progress: ProgressCallback | None = None,
-    shards: Sequence[str] | None = None,
+    file_hashes: Path | None = None,
+    block: int = DEFAULT_BLOCK,
 ) -> ScoringReport:
-    """Score every sample of `raw_samples` (of `shards` only, if given) into `image_pair_stats`, through the
-    persistent embedding cache and the remembered hashes of unchanged files; only those shards' rows are
-    replaced."""
-    cache = EmbeddingCache(conn.cursor(), embedder.model_key)
-    chunks = store.read_rows(conn.cursor(), Sample, shards, chunk_size=engine.chunk_samples)
-    with PairScorer(engine, cache, access=access, file_hashes=FileHashes(conn.cursor()), on_progress=on_progress) \
-            as scorer, store.table_writer(conn, StatsRow, shards) as table:
-        timer = StageTimer(scorer.report.stage_seconds)
-        for samples in chunks:
-            timer.lap("read")
-            rows = scorer.score_chunk(samples)
-            timer.skip()
-            table.write(rows)
-            timer.lap("write")
+    """Score every sample of the shards' samples files into their stats files, through the embedding cache files
+    (new embeddings written a block at a time, in the shard's cache folder) and the remembered hashes of unchanged
+    files (one file per shard under `file_hashes`)."""
+    missing = [shard for shard in shards if not results.shard_file(Sample, shard).exists()]
+    if missing:
+        raise LookupError(f"shards {missing} have no samples file under {results.root}: materialize raw_samples "
+                          "for them first")
+    with EmbeddingFiles(results, embedder.model_key, block=block) as cache, \
+            PairScorer(engine, cache, access=access, on_progress=on_progress) as scorer:
+        for shard in shards:
+            cache.shard = shard
+            scorer.file_hashes = FileHashes(file_hashes / f"{shard}.parquet" if file_hashes else None)
+            with table_file(results.shard_file(StatsRow, shard), StatsRow, shard) as table:
+                timer = StageTimer(scorer.report.stage_seconds)
+                for samples in read_rows(results.shard_file(Sample, shard), Sample, engine.chunk_samples):
+                    timer.lap("read")
+                    rows = scorer.score_chunk(samples)
+                    timer.skip()
+                    table.write(rows)
+                    timer.lap("write")
+                cache.flush()  # every embedding the stats rely on is in a file before the stats appear
+            scorer.file_hashes.save()
     return scorer.report
 
 
@@ -83,43 +97,44 @@ class FilterCounts:
 
 
 def filter_and_publish(
-    conn: duckdb.DuckDBPyConnection,
+    results: ResultFiles,
     settings: FilterSettings,
     jsonl_path: AnyPath,
     raw_dir: AnyPath,
+    record_folder: Path,
     chunk_size: int = TABLE_CHUNK_SIZE,
 ) -> FilterCounts:
-    """Keep the samples of `image_pair_stats` that pass `settings`: the `filtered_samples` table (every shard) and
-    the whole-dataset JSONL (the samples of JSONL shards), both replaced whole; the lines' image paths, relative to
-    their manifest in `raw_dir`, are rewritten relative to the file's folder. The file is renamed into place after
-    the table commits; the commit records that rename, so that a kill between the two is completed by the next
-    connection (`publish.complete_pending`)."""
+    """Keep the samples of every shard's stats file that pass `settings`: the filtered table file (every shard)
+    and the whole-dataset JSONL (the samples of JSONL shards), both replaced whole and published together; the
+    lines' image paths, relative to their manifest in `raw_dir`, are rewritten relative to the JSONL's folder."""
     if settings.unresolved:
         raise ValueError(f"{settings.share}: resolve the share of the data to bounds first (share.resolve_share)")
     counts = FilterCounts()
-    publish.complete_pending(conn)
-    with publish.staged_file(jsonl_path) as jsonl:
-        with store.table_writer(conn, FilteredRow) as table:
-            for rows in store.read_rows(conn.cursor(), StatsRow, chunk_size=chunk_size, only=FILTER_READS):
-                kept = [publish.filtered_row(row, raw_dir, jsonl_path.parent) for row in rows if keep_row(row, settings)]
-                table.write(kept)
-                jsonl.write_lines([row.sample_json for row in kept if shard_format(row.manifest) == "jsonl"])
-                counts.total += len(rows)
-                counts.scored += sum(row.status is Status.OK for row in rows)
-                counts.kept += len(kept)
-            publish.record_pending(conn, jsonl)
-        publish.publish_recorded(conn, jsonl)
+    publish.complete_pending(record_folder, results.storage_options)
+    with publish.staged_file(results.filtered_file) as table_staged, publish.staged_file(jsonl_path) as jsonl:
+        table = TableFileWriter(table_staged, FilteredRow, None)
+        try:
+            for shard in results.shards(StatsRow):
+                for rows in read_rows(results.shard_file(StatsRow, shard), StatsRow, chunk_size, FILTER_READS):
+                    kept = [publish.filtered_row(row, raw_dir, jsonl_path.parent) for row in rows
+                            if keep_row(row, settings)]
+                    table.write(kept)
+                    jsonl.write_lines([row.sample_json for row in kept if shard_format(row.manifest) == "jsonl"])
+                    counts.total += len(rows)
+                    counts.scored += sum(row.status is Status.OK for row in rows)
+                    counts.kept += len(kept)
+        finally:
+            table.close()
+        publish.publish_together([table_staged, jsonl], record_folder)
     return counts
 
 
-def prune_removed_manifests(conn: duckdb.DuckDBPyConnection, listing: ShardListing) -> list[str]:
-    """Delete from `raw_samples` and `image_pair_stats` the rows of shards whose manifest is really gone (not
-    listed, and not under a folder that could not be read): the whole dataset is built from the manifests that
-    exist. Creates both tables, empty, where no shard has been materialized yet. Returns the shards removed."""
-    for row_type in (Sample, StatsRow):
-        store.ensure_table(conn, row_type)
-    stored = set(store.stored_shards(conn, Sample.TABLE)) | set(store.stored_shards(conn, StatsRow.TABLE))
+def prune_removed_manifests(results: ResultFiles, listing: ShardListing) -> list[str]:
+    """Delete the samples and stats files of shards whose manifest is really gone (not listed, and not under a
+    folder that could not be read): the whole dataset is built from the manifests that exist. Returns the shards
+    removed."""
+    stored = {shard for row_type in SHARD_TABLES for shard in results.shards(row_type)}
     removed = sorted(shard for shard in stored if not listing.may_hold(shard))
-    if removed:
-        store.delete_shards(conn, [Sample, StatsRow], removed)
+    results.remove(removed)
     return removed
+

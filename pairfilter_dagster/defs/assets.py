@@ -1,5 +1,6 @@
 """The three assets of one pipeline instance: raw_samples -> image_pair_stats -> filtered_samples. Each calls one
-loop of `core.stages` and turns its counts into metadata.
+loop of `core.stages` and turns its counts into metadata; each shard's results are files of its own
+(`core.results`), so shard runs never wait on one another.
 
 raw_samples and image_pair_stats are partitioned by shard (one manifest each, see `partitions`); filtered_samples
 is one whole dataset built from every shard, because that is what a training job reads, and re-thresholding it
@@ -7,9 +8,10 @@ costs seconds from the stats table."""
 
 import dagster as dg
 
-from ..core import queries, stages, store
+from ..core import queries, stages
+from ..core.catalog import write_catalog
 from ..core.filtering import FilterSettings
-from ..core.ingest.formats import count_records, read_shards, shard_format
+from ..core.ingest.formats import count_records, shard_format
 from ..core.ingest.manifests import unreadable_message
 from ..core.kept_outputs import KEPT_FOLDER, remove_kept_of, write_kept_outputs
 from ..core.progress import progress_logger
@@ -26,7 +28,7 @@ from .metadata import (
     statuses_metadata,
     table_metadata,
 )
-from .partitions import DUCKDB_POOL, shard_asset_arguments
+from .partitions import DATASET_POOL, shard_asset_arguments
 from .spec import PipelineSpec
 
 PREVIEW_ROWS = 10
@@ -68,13 +70,13 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
         **asset_arguments(spec, "raw_samples"),
         **shard_asset_arguments(spec.partitions),
         required_resource_keys={spec.storage_key},
-        kinds={"duckdb", "json"},
+        kinds={"parquet", "json"},
         code_version="1",
         metadata=table_metadata(Sample),
         description="Data-Juicer samples of one shard: the file `<data>/raw/<partition key>` (any `*.jsonl`, "
         "`*.parquet` or WebDataset `*.tar` under raw/, subfolders included), one row per manifest line, Parquet row "
-        "or tar key. Samples that cannot be used are kept with a status and a reason. A shard whose file is gone is "
-        "emptied.",
+        "or tar key, written to `<output>/results/raw_samples/<partition key>.parquet`. Samples that cannot be used are "
+        "kept with a status and a reason. A shard whose file is gone loses its result files.",
     )
     def raw_samples(context: dg.AssetExecutionContext) -> dg.MaterializeResult:
         storage = spec.storage_of(context)
@@ -88,9 +90,10 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
             context.log.error(f"{unreadable_message({shard: problem})}: its previous rows are kept")
         for missing in split.gone:
             context.log.warning(f"Shard {missing!r}: no manifest {storage.raw_dir / missing}; its rows are removed")
-        replaced = [*split.readable, *split.gone]
-        with storage.connect() as conn:
-            counts = stages.ingest(conn, read_shards(split.readable, rules), shards=replaced)
+        results = storage.results
+        counts = stages.ingest(results, split.readable, rules)
+        results.remove(split.gone)
+        with storage.query(shards) as conn:
             preview = queries.preview(conn, shards, PREVIEW_ROWS)
             data_version = table_data_version(conn, Sample.TABLE, ["sample_id", "sample_json"], shards=shards)
         total = sum(counts.values())
@@ -118,13 +121,14 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
         **shard_asset_arguments(spec.partitions),
         deps=[raw_samples],
         required_resource_keys={spec.storage_key, spec.clip_key},
-        kinds={"duckdb", "pytorch", "huggingface"},
+        kinds={"parquet", "pytorch", "huggingface"},
         code_version=f"{SCORING_VERSION};model={spec.clip.hf_clip}",
         metadata=table_metadata(StatsRow, image_pair_stats_lineage(spec.key("raw_samples"))),
         description="Data-Juicer's `image_pair_similarity` stat: the cosine similarity of the two images' "
         "embeddings (Hugging Face `get_image_features`: CLIP by default, SigLIP or another image encoder when "
-        "hf_clip names one), one row per sample of the shard with its status and reason. Every distinct image is "
-        "embedded once and cached in the `embedding_cache` table, keyed by model and image content. The code "
+        "hf_clip names one), one row per sample of the shard with its status and reason, written to "
+        "`<output>/results/image_pair_stats/<partition key>.parquet`. Every distinct image is embedded once and "
+        "cached in `<output>/results/embedding_cache/`, keyed by model and image content. The code "
         "version names the default model, so changing the model marks every shard of this table as stale; rebuild "
         "the filtered dataset after re-scoring (the staleness does not reach it through the partitions).",
     )
@@ -132,10 +136,14 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
         storage, clip = spec.storage_of(context), spec.clip_of(context)
         check_run_config(context)
         shards = run_shards(context, spec)
-        with storage.connect() as conn, clip.open_engine() as engine:
-            progress = progress_logger(context.log.info, queries.image_refs_to_score(conn, shards))
-            report = stages.score(conn, clip.embedder, engine, access=storage.image_access(), on_progress=progress,
-                                  shards=shards)
+        results = storage.results
+        with storage.query(shards) as conn:
+            refs = queries.image_refs_to_score(conn, shards)
+        with clip.open_engine() as engine:
+            report = stages.score(results, shards, clip.embedder, engine, access=storage.image_access(),
+                                  on_progress=progress_logger(context.log.info, refs),
+                                  file_hashes=storage.local_state / "file_hashes", block=storage.embeddings_per_file)
+        with storage.query(shards) as conn:
             distinct_images = queries.distinct_images(conn, shards)
             similarity = similarity_metadata(conn, spec.thresholds, shards)
         return dg.MaterializeResult(
@@ -165,18 +173,19 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
     @dg.asset(
         **asset_arguments(spec, "filtered_samples"),
         deps=[image_pair_stats],
-        pool=DUCKDB_POOL,
+        pool=DATASET_POOL,
         required_resource_keys={spec.storage_key},
-        kinds={"duckdb", "json"},
+        kinds={"parquet", "json", "duckdb"},
         code_version="1",
         metadata=table_metadata(FilteredRow, filtered_samples_lineage(spec.key("image_pair_stats"))),
         description="Data-Juicer's image_pair_similarity_filter: keeps the samples with status ok and "
         "`min_score <= image_pair_similarity <= max_score` for any (or all) of their pairs; or, with "
         "keep_top_fraction / keep_bottom_fraction, that share of the ok samples by score (resolved to those bounds "
-        "from the stats table, ties at the cut kept, recorded in the metadata). Written in input order "
-        "to `<data>/output/filtered_samples.jsonl` with every original field plus `__dj__stats__`. One whole "
-        "dataset from every shard; the rows of shards whose manifest is gone from raw/ are deleted first. Reads "
-        "only the stats table: re-thresholding never runs the model.",
+        "from the stats, ties at the cut kept, recorded in the metadata). Written in input order "
+        "to `<data>/output/filtered_samples.jsonl` with every original field plus `__dj__stats__`, and to "
+        "`<output>/results/filtered_samples.parquet`. One whole dataset from every shard's stats file; the result "
+        "files of shards whose manifest is gone from raw/ are deleted first. Reads only the stats: re-thresholding "
+        "never runs the model. Rewrites the DuckDB catalog (`<state>/catalog.duckdb`, views over the files).",
     )
     def filtered_samples(context: dg.AssetExecutionContext, config: filter_config) -> dg.MaterializeResult:  # type: ignore[valid-type]
         storage = spec.storage_of(context)
@@ -185,18 +194,22 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
         listing = storage.list_shards()
         for name, problem in listing.problems.items():
             context.log.error(f"{name}: {problem}: the dataset keeps its last good rows (check every_manifest_readable)")
-        with storage.connect() as conn:
-            removed = stages.prune_removed_manifests(conn, listing)
-            if removed:
-                context.log.info(f"Removed the rows of {len(removed)} shards whose manifest is gone: {removed}")
+        results = storage.results
+        removed = stages.prune_removed_manifests(results, listing)
+        if removed:
+            context.log.info(f"Removed the result files of {len(removed)} shards whose manifest is gone: {removed}")
+        with storage.query() as conn:
             settings = resolve_share(conn, settings)  # a share of the ok samples becomes the bounds that keep it
-            counts = stages.filter_and_publish(conn, settings, storage.filtered_jsonl, storage.raw_dir)
-            shards = store.stored_shards(conn, StatsRow.TABLE)
-            kept_per_shard = write_kept_outputs(conn, {s: p for s, p in listing.readable.items() if s in shards},
+        counts = stages.filter_and_publish(results, settings, storage.filtered_jsonl, storage.raw_dir,
+                                           storage.local_state / "pending_publish")
+        shards = results.shards(StatsRow)
+        with storage.query() as conn:
+            kept_per_shard = write_kept_outputs(conn, results, {s: p for s, p in listing.readable.items() if s in shards},
                                                 storage.output_root)
             remove_kept_of(storage.output_root, removed)
             similarity = similarity_metadata(conn, settings, marked=True)
             data_version = table_data_version(conn, FilteredRow.TABLE, ["sample_id", "sample_json"], str(settings))
+        write_catalog(results, storage.catalog)
         context.log.info(f"Kept {counts.kept} of {counts.total} samples ({counts.scored} scored) with {settings}")
         return dg.MaterializeResult(
             data_version=data_version,

@@ -30,8 +30,9 @@ def build_checks(spec: PipelineSpec, image_pair_stats: dg.AssetsDefinition, filt
         description="Every score is finite and within [-1, 1]; every ok sample has one score per image pair.",
     )
     def scores_finite_and_in_range(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        with spec.storage_of(context).connect(read_only=True) as conn:
-            bad, without_scores = queries.bad_scores(conn, list(context.partition_keys))
+        shards = list(context.partition_keys)
+        with spec.storage_of(context).query(shards) as conn:
+            bad, without_scores = queries.bad_scores(conn, shards)
         return dg.AssetCheckResult(
             passed=not bad and without_scores == 0,
             metadata={
@@ -49,8 +50,9 @@ def build_checks(spec: PipelineSpec, image_pair_stats: dg.AssetsDefinition, filt
         "duplicates, none missing.",
     )
     def one_row_per_sample(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
-        with spec.storage_of(context).connect(read_only=True) as conn:
-            match = queries.stats_match_samples(conn, list(context.partition_keys))
+        shards = list(context.partition_keys)
+        with spec.storage_of(context).query(shards) as conn:
+            match = queries.stats_match_samples(conn, shards)
         return dg.AssetCheckResult(
             passed=match.one_row_per_sample,
             metadata={
@@ -76,7 +78,7 @@ def build_checks(spec: PipelineSpec, image_pair_stats: dg.AssetsDefinition, filt
         storage = spec.storage_of(context)
         with storage.filtered_jsonl.open("r", encoding="utf-8") as handle:
             lines = [json.loads(line) for line in handle]
-        with storage.connect(read_only=True) as conn:
+        with storage.query() as conn:
             table_rows = queries.kept_with_status(conn)
         violations = [sample_id for sample_id, _, status, scores in table_rows
                       if status is None or not keep_sample(status, scores, settings)]
@@ -110,7 +112,7 @@ def build_checks(spec: PipelineSpec, image_pair_stats: dg.AssetsDefinition, filt
         listing = storage.list_shards()
         # Lines counted from the manifest bytes, independently of parsing.
         lines = {shard: count_records(path, shard) for shard, path in listing.readable.items()}
-        with storage.connect(read_only=True) as conn:
+        with storage.query() as conn:
             counts = queries.accounting(conn)
         per_shard = counts.ingested_per_shard
         unreadable = listing.split(list(per_shard)).unreadable  # their last good rows: every_manifest_readable's part
@@ -168,7 +170,7 @@ def build_checks(spec: PipelineSpec, image_pair_stats: dg.AssetsDefinition, filt
     )
     def embeddings_align_with_metadata(context: dg.AssetCheckExecutionContext) -> dg.AssetCheckResult:
         storage = spec.storage_of(context)
-        with storage.connect(read_only=True) as conn:
+        with storage.query(list(context.partition_keys)) as conn:
             expected = {shard: queries.distinct_ok_images(conn, shard) for shard in context.partition_keys}
         found = {shard: exported_rows(storage.embeddings_dir, shard) for shard in expected}
         rows = {shard: {"npy_rows": shape[0] if shape else None, "parquet_rows": parquet, "images": expected[shard]}

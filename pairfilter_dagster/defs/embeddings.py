@@ -5,7 +5,8 @@ from typing import Any
 
 import dagster as dg
 
-from ..core.embedding.export import IMG_EMB, METADATA, METADATA_COLUMNS, export_shard, full_model_key, shard_file_name
+from ..core.embedding.cache_files import full_model_key
+from ..core.embedding.export import IMG_EMB, METADATA, METADATA_COLUMNS, export_shard, shard_file_name
 from .assets import asset_arguments, run_shards
 from .metadata import shards_metadata
 from .partitions import shard_asset_arguments
@@ -45,8 +46,10 @@ def build_embeddings_asset(spec: PipelineSpec, image_pair_stats: dg.AssetsDefini
         storage = spec.storage_of(context)
         shards = run_shards(context, spec)
         models = {shard: scoring_model(context.instance, stats_key, shard) for shard in shards}
-        with storage.connect(read_only=True) as conn:
-            exported = [export_shard(conn, shard, model=models[shard][0], model_key=full_model_key(conn, models[shard][1]),
+        results = storage.results
+        with storage.query(shards) as conn:
+            exported = [export_shard(conn, results, shard, model=models[shard][0],
+                                     model_key=full_model_key(results, models[shard][1]),
                                      directory=storage.embeddings_dir) for shard in shards]
         dimensions = sorted({e.dimension for e in exported})
         files: dict[str, Any] = {e.shard: {"img_emb": str(e.img_emb), "metadata": str(e.metadata), "rows": e.rows,

@@ -10,7 +10,7 @@ import hashlib
 
 import dagster as dg
 
-from ..core import store
+from ..core.catalog import table_fingerprint
 from ..core.schema import FilteredRow, Row, Sample, StatsRow, column_names
 
 
@@ -45,6 +45,6 @@ def table_data_version(
     """A data version that changes exactly when a row of `table` (in `columns`; of `shards`, if given) or `extra`
     does; computed in DuckDB, so it costs no memory however large the table. A backfill run covering several
     shards gives each of them the version of all of them together."""
-    count, fingerprint = store.table_fingerprint(conn, table, columns, shards)
+    count, fingerprint = table_fingerprint(conn, table, columns, shards)
     digest = hashlib.sha256(f"{count}:{fingerprint}:{extra}".encode())
     return dg.DataVersion(digest.hexdigest()[:24])

@@ -11,16 +11,18 @@ import dagster as dg
 
 from ..core.ingest.manifests import ShardListing
 
-DUCKDB_POOL = "pairfilter_duckdb"
-"""The concurrency pool of every step that writes the DuckDB file: DuckDB has one writer at a time, and dagster.yaml
-gives this pool one slot, so writing steps of concurrent runs take turns instead of waiting on the file lock."""
+DATASET_POOL = "pairfilter_dataset"
+"""The concurrency pool of the step that writes the whole dataset's files (the filtered table and JSONL, the kept
+outputs, the catalog): dagster.yaml gives it one slot, so two such steps never interleave their files. Shard steps
+write files of their own shard only and take no pool: any number run at once."""
+SYNC_ATTEMPTS = 5
 # The run tags of a partition range, as Dagster's own backfills set them (dagster._core.storage.tags).
 PARTITION_RANGE_START_TAG = "dagster/asset_partition_range_start"
 PARTITION_RANGE_END_TAG = "dagster/asset_partition_range_end"
 
 
 def shard_asset_arguments(partitions: dg.DynamicPartitionsDefinition) -> dict:
-    return dict(partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run(), pool=DUCKDB_POOL)
+    return dict(partitions_def=partitions, backfill_policy=dg.BackfillPolicy.single_run())
 
 
 def registered_shards(instance: dg.DagsterInstance, partitions: dg.DynamicPartitionsDefinition) -> list[str]:
@@ -40,10 +42,19 @@ def shard_partition_changes(
 def sync_shard_partitions(
     instance: dg.DagsterInstance, partitions: dg.DynamicPartitionsDefinition, listing: ShardListing
 ) -> tuple[list[str], list[str]]:
-    """Make the partitions match the manifests on disk; returns (added, deleted)."""
-    added, deleted = shard_partition_changes(instance, partitions, listing)
-    if added:
-        instance.add_dynamic_partitions(str(partitions.name), added)
+    """Make the partitions match the manifests on disk; returns (added, deleted). Workers started at once on one
+    instance may add the same partitions at the same moment: the one that loses looks again."""
+    from sqlalchemy.exc import IntegrityError
+
+    for attempt in range(SYNC_ATTEMPTS):
+        added, deleted = shard_partition_changes(instance, partitions, listing)
+        try:
+            if added:
+                instance.add_dynamic_partitions(str(partitions.name), added)
+            break
+        except IntegrityError:
+            if attempt == SYNC_ATTEMPTS - 1:
+                raise
     for key in deleted:
         instance.delete_dynamic_partition(str(partitions.name), key)
     return added, deleted

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import dagster as dg
 
-from ..core import store
+from ..core.catalog import read_view_rows
 from ..core.filtering import FilterSettings
 from ..core.report.summary import share_text
 from ..core.report.threshold_report import (
@@ -70,8 +70,8 @@ def build_report_asset(spec: PipelineSpec, image_pair_stats: dg.AssetsDefinition
         if settings is None:
             raise dg.Failure("filtered_samples has not been materialized yet: materialize it first")
         storage = spec.storage_of(context)
-        with storage.connect(read_only=True) as conn:
-            rows = [row for chunk in store.read_rows(conn, StatsRow) for row in chunk]
+        with storage.query() as conn:
+            rows = [row for chunk in read_view_rows(conn, StatsRow) for row in chunk]
         report = write_threshold_report(rows, settings, storage.report_dir,
                                         access=storage.image_access())
         context.log.info(f"Wrote the threshold report for {settings} to {report.directory}")

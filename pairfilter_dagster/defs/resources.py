@@ -1,16 +1,18 @@
-"""Configurable resources: the data folder (its reading rules and its DuckDB store) here, and the CLIP model
+"""Configurable resources: the data folder (its reading rules and where its results live) here, and the CLIP model
 (`model_resource`, loaded once per process)."""
 
 import os
+import shlex
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Iterator, Optional
+from typing import Any, Iterator, Optional, Sequence
 
 import dagster as dg
 import duckdb
-from pydantic import Field, PrivateAttr
+from pydantic import Field
 
-from ..core import store
+from ..core.catalog import CATALOG_FILE, query_engine
+from ..core.embedding.cache_files import DEFAULT_BLOCK
 from ..core.images import (
     DEFAULT_CONCURRENT_READS,
     DEFAULT_MAX_ASPECT_RATIO,
@@ -32,13 +34,14 @@ from ..core.locations import (
     is_remote_path,
     scheme_of,
 )
-from ..core.publish import complete_pending, remove_stale_temps, staging_folder
+from ..core.results import ResultFiles
 from .model_resource import ClipModel, RayConfig
 
 __all__ = ["ClipModel", "PairfilterStorage", "RayConfig", "default_data_dir"]
 
 DATA_DIR_ENV_VAR = "PAIRFILTER_DATA_DIR"
 REPO_DATA_DIR = Path(__file__).resolve().parents[2] / "data"
+OLD_STORE_FILE = "pairfilter.duckdb"
 
 
 def default_data_dir() -> str:
@@ -46,20 +49,23 @@ def default_data_dir() -> str:
 
 
 class PairfilterStorage(dg.ConfigurableResource):
-    """The data folder (shards under raw/, the DuckDB store, output files people hand to training jobs) and
-    the rules for reading it: how images pair up, where they may live, how large they may be. The data folder and
-    the output location may be fsspec URLs (`core.locations`); the DuckDB store is always on the local disk."""
+    """The data folder (shards under raw/), the output location (each shard's result files, the files people hand
+    to training jobs) and the rules for reading the data: how images pair up, where they may live, how large they
+    may be. Both locations may be fsspec URLs (`core.locations`); the state folder (the DuckDB catalog, the
+    remembered file hashes) is on the local disk."""
 
     data_dir: str = Field(
         default=default_data_dir(), description=f"Data folder: a local path or a URL (s3://bucket/prefix, gs://, "
         f"hf://datasets/org/name, memory://) holding raw/ (env: {DATA_DIR_ENV_VAR}; default: data/ in the repo)."
     )
     output_dir: Optional[str] = Field(
-        default=None, description="Where kept samples, kept_ids.txt, the filtered JSONL and the embeddings are "
-        "written: a local path or URL; None: <data_dir>/output (for hf:// and http(s) data, <state_dir>/output)."
+        default=None, description="Where each shard's result files (results/), the kept samples, kept_ids.txt, the "
+        "filtered JSONL and the embeddings are written: a local path or URL; None: <data_dir>/output (for hf:// and "
+        "http(s) data, <state_dir>/output)."
     )
     state_dir: Optional[str] = Field(
-        default=None, description="Local folder of the DuckDB store (tables, embedding cache) and the report; None: "
+        default=None, description="Local folder of the DuckDB catalog (views over the result files), the remembered "
+        "file hashes and the report; None: "
         f"the data folder when it is local, else ${HOME_ENV_VAR}/<name of the URL>, else "
         "~/.cache/pairfilter/<name of the URL>."
     )
@@ -109,16 +115,10 @@ class PairfilterStorage(dg.ConfigurableResource):
         default=DEFAULT_CONCURRENT_READS, ge=1, description="Images on a remote filesystem read (and hashed) at once "
         "by the scoring step: each read waits on the network."
     )
-    lock_wait_seconds: float = Field(
-        default=store.LOCK_WAIT_SECONDS,
-        ge=0,
-        description="How long a step waits for another process (another run) to release the DuckDB file.",
+    embeddings_per_file: int = Field(
+        default=DEFAULT_BLOCK, ge=1, description="New embeddings per embedding cache file: each is written once "
+        "this many wait, so a killed run loses at most this many."
     )
-
-    _log: Any = PrivateAttr(default=None)
-
-    def setup_for_execution(self, context: dg.InitResourceContext) -> None:
-        self._log = context.log
 
     @property
     def root(self) -> AnyPath:
@@ -137,8 +137,22 @@ class PairfilterStorage(dg.ConfigurableResource):
         return default_state_folder(self.data_dir.rstrip("/")) if is_remote_path(root) else root
 
     @property
-    def database(self) -> Path:
-        return self.state_root / "pairfilter.duckdb"
+    def catalog(self) -> Path:
+        return self.state_root / CATALOG_FILE
+
+    @property
+    def old_store(self) -> Path:
+        """Where the single DuckDB store of versions before the result files lay."""
+        return self.state_root / OLD_STORE_FILE
+
+    @property
+    def local_state(self) -> Path:
+        """What only this machine can use: remembered hashes of its files (by inode), its pending publishes."""
+        return self.state_root / "local_state"
+
+    @property
+    def results(self) -> ResultFiles:
+        return ResultFiles.under(self.output_root, self.storage_options)
 
     @property
     def output_root(self) -> AnyPath:
@@ -173,6 +187,16 @@ class PairfilterStorage(dg.ConfigurableResource):
             what = "is not a folder" if root.exists() else "does not exist"
             raise ValueError(f"data_dir: {self.data_dir!r} {what} (resolved to {root}); set storage.data_dir or "
                              f"{DATA_DIR_ENV_VAR} to a folder holding raw/")
+        if self.old_store.exists():
+            raise ValueError(f"{self.old_store} is the single DuckDB store of an earlier pairfilter version; results "
+                             f"are now Parquet files under {self.results.root}. Migrate it once (every embedding is "
+                             f"kept): {self.migrate_command()}")
+
+    def migrate_command(self) -> str:
+        options = [f"--data-dir {shlex.quote(self.data_dir)}"]
+        options += [f"--output-dir {shlex.quote(self.output_dir)}"] if self.output_dir else []
+        options += [f"--state-dir {shlex.quote(self.state_dir)}"] if self.state_dir else []
+        return f"pairfilter-catalog migrate {' '.join(options)}"
 
     def sample_rules(self) -> SampleRules:
         """Raises ValueError naming `image_roots` when a root is not an existing folder."""
@@ -189,15 +213,7 @@ class PairfilterStorage(dg.ConfigurableResource):
         return list_shards(self.raw_dir, (rules or self.sample_rules()).manifest_roots)
 
     @contextmanager
-    def connect(self, read_only: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
-        """A connection to the store; one that may write first completes what a killed run left half done."""
-        on_wait = self._log.warning if self._log else None
-        with store.connect(self.database, read_only=read_only, wait_seconds=self.lock_wait_seconds,
-                           on_wait=on_wait) as conn:
-            if not read_only:
-                completed = complete_pending(conn, self.storage_options)
-                output = self.output_root
-                remove_stale_temps(staging_folder() if is_remote_path(output) else output)
-                if completed and self._log:
-                    self._log.info(f"Completed the publishing of {completed}, which a killed run had committed")
+    def query(self, shards: Sequence[str] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
+        """DuckDB over the result files (of `shards` only, if given): views named after the tables."""
+        with query_engine(self.results, shards) as conn:
             yield conn

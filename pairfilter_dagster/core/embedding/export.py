@@ -1,7 +1,7 @@
 """The embeddings a run computed, handed on to the next job (dedup, retrieval, clustering) in clip-retrieval's layout:
 `img_emb/img_emb_<name>.npy` (float32 unit vectors, one row per distinct image of a shard's ok samples, in the order
-they first appear) and `metadata/metadata_<name>.parquet` aligned with it row for row. Read from the embedding cache:
-no model runs.
+they first appear) and `metadata/metadata_<name>.parquet` aligned with it row for row. Read from the embedding cache
+files: no model runs.
 
 A shard's key is its manifest's path relative to raw/ (`more/b.jsonl`), which is no file name: `<name>` is the key
 with every character outside `[A-Za-z0-9._-]` (the `/` above all) turned into `_` and the `.jsonl` dropped, then `-`
@@ -17,11 +17,13 @@ from typing import Any
 import duckdb
 import numpy as np
 
+from ..catalog import quoted, scalar
 from ..locations import AnyPath
 from ..publish import StagedSink, staged_file
-from ..queries import OK, STATS
-from ..store import scalar
-from .cache import CACHE_TABLE
+from ..queries import OK
+from ..results import ResultFiles, url_of
+from ..schema import StatsRow
+from .cache_files import EmbeddingFiles
 
 IMG_EMB, METADATA = "img_emb", "metadata"
 METADATA_COLUMNS = ("content_hash", "image_path", "sample_id", "shard", "model", "model_key")
@@ -31,11 +33,12 @@ FIRST_SEEN = f"""
 WITH refs AS (
     SELECT unnest(image_hashes) AS content_hash, unnest(images) AS image_path,
            generate_subscripts(images, 1) AS position, sample_id, line_number
-    FROM {STATS} WHERE manifest = ? AND status = {OK}
+    FROM read_parquet({{stats}}) WHERE status = {OK}
 )
-SELECT content_hash, image_path, sample_id, line_number, position FROM refs
-QUALIFY row_number() OVER (PARTITION BY content_hash ORDER BY line_number, position) = 1"""
-"""Each distinct image of a shard's ok samples once: the first path it was seen at, and the first sample."""
+SELECT content_hash, image_path, sample_id FROM refs
+QUALIFY row_number() OVER (PARTITION BY content_hash ORDER BY line_number, position) = 1
+ORDER BY line_number, position"""
+"""Each distinct image of a shard's ok samples once, in the order first seen: its first path, and first sample."""
 
 
 def shard_file_name(shard: str) -> str:
@@ -63,46 +66,30 @@ def shard_paths(directory: AnyPath, shard: str) -> tuple[AnyPath, AnyPath]:
     return directory / IMG_EMB / f"img_emb_{name}.npy", directory / METADATA / f"metadata_{name}.parquet"
 
 
-def full_model_key(conn: duckdb.DuckDBPyConnection, recorded: str) -> str:
-    """The cache's model key that the recorded one (the stats metadata shows its first 16 characters) starts
-    with."""
-    found = [row[0] for row in conn.execute(
-        f"SELECT DISTINCT model_key FROM {CACHE_TABLE} WHERE starts_with(model_key, ?)", [recorded]).fetchall()]
-    if len(found) != 1:
-        raise LookupError(f"the embedding cache holds {len(found)} models whose key starts with {recorded!r}, not one: "
-                          "materialize image_pair_stats for the shard again")
-    return found[0]
-
-
-def export_shard(conn: duckdb.DuckDBPyConnection, shard: str, *, model: str, model_key: str, directory: AnyPath,
-                 chunk_rows: int = CHUNK_ROWS) -> ExportedShard:
-    """Write one shard's two files, chunk by chunk; each is staged and both are published (npy first) only once
-    both are whole, so a failure leaves the previous pair as it was."""
+def export_shard(conn: duckdb.DuckDBPyConnection, results: ResultFiles, shard: str, *, model: str, model_key: str,
+                 directory: AnyPath, chunk_rows: int = CHUNK_ROWS) -> ExportedShard:
+    """Write one shard's two files, chunk by chunk, the embeddings looked up in the cache files; each file is staged
+    and both are published (npy first) only once both are whole, so a failure leaves the previous pair as it was."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    images = f"FROM ({FIRST_SEEN}) f LEFT JOIN {CACHE_TABLE} c ON c.content_hash = f.content_hash AND c.model_key = ?"
-    params = [shard, model_key]
-    rows, missing, dimension = conn.execute(
-        f"SELECT count(*), count(*) FILTER (c.embedding IS NULL), coalesce(max(octet_length(c.embedding)) // 4, 0) "
-        f"{images}", params).fetchone() or (0, 0, 0)
-    if missing:
-        raise LookupError(f"shard {shard!r}: {missing} of its {rows} images have no embedding in the cache for model "
-                          f"{model_key[:16]}: materialize image_pair_stats for the shard again")
-    if not rows:
-        dimension = scalar(conn, f"SELECT coalesce(max(octet_length(embedding)) // 4, 0) FROM {CACHE_TABLE} "
-                                 "WHERE model_key = ?", [model_key])
+    stats = quoted(url_of(results.shard_file(StatsRow, shard)))
+    rows = scalar(conn, f"SELECT count(*) FROM ({FIRST_SEEN.format(stats=stats)})")
     img_emb, metadata = shard_paths(directory, shard)
     schema = pa.schema([(name, pa.string()) for name in METADATA_COLUMNS])
-    result = conn.execute(f"SELECT f.content_hash, f.image_path, f.sample_id, c.embedding {images} "
-                          "ORDER BY f.line_number, f.position", params)
-    with staged_file(img_emb) as npy, staged_file(metadata) as parquet:
+    result = conn.execute(FIRST_SEEN.format(stats=stats))
+    with EmbeddingFiles(results, model_key) as cache, staged_file(img_emb) as npy, staged_file(metadata) as parquet:
+        dimension = cache.dimension()
         npy.write(npy_header(rows, dimension))
         with pq.ParquetWriter(StagedSink(parquet), schema) as writer:
             while chunk := result.fetchmany(chunk_rows):
-                hashes, paths, sample_ids, blobs = zip(*chunk)
-                vectors = np.frombuffer(b"".join(blobs), dtype="<f4").reshape(len(chunk), dimension)
-                npy.write(vectors.tobytes())
+                hashes, paths, sample_ids = zip(*chunk)
+                found = cache.get_many(hashes)
+                if len(found) < len(set(hashes)):
+                    raise LookupError(f"shard {shard!r}: {len(set(hashes)) - len(found)} of its images have no embedding "
+                                      f"in the cache for model {model_key[:16]}: materialize image_pair_stats for the "
+                                      "shard again")
+                npy.write(np.stack([found[h] for h in hashes]).astype("<f4").tobytes())
                 columns: dict[str, Any] = {"content_hash": hashes, "image_path": paths, "sample_id": sample_ids,
                                            "shard": [shard] * len(chunk), "model": [model] * len(chunk),
                                            "model_key": [model_key] * len(chunk)}

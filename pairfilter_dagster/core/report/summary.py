@@ -8,8 +8,8 @@ from typing import Mapping, Sequence
 import duckdb
 import numpy as np
 
+from ..catalog import one, shard_filter
 from ..filtering import FilterSettings
-from ..store import one, shard_filter
 
 NICE_BIN_WIDTHS = (0.005, 0.01, 0.02, 0.025, 0.05, 0.1, 0.2)
 FAR_OFF = 0.5

@@ -1,0 +1,100 @@
+"""Where the results live: per shard, files on the output location (local or any fsspec URL), no shared database.
+
+```
+<output>/results/
+  raw_samples/<shard>.parquet              one per shard: its samples, usable or not (replaced at each ingest)
+  image_pair_stats/<shard>.parquet         one per shard: its scores (replaced when the shard is re-scored)
+  embedding_cache/<model key>/<shard>/<time>-<token>-<n>.parquet
+                                           new embeddings, one file per block, never rewritten (content-addressed)
+  filtered_samples.parquet                 the whole dataset's kept samples (the dataset step's own file)
+```
+`<shard>` is the shard's path relative to raw/ (`more/b.jsonl` -> `more/b.jsonl.parquet`), so a file names its
+shard, and runs of different shards never write the same file: many runs write at once, on one machine or many.
+DuckDB queries these files (`catalog`)."""
+
+import os
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from .locations import AnyPath, as_path, is_remote_path
+from .schema import FilteredRow, Row, Sample, StatsRow
+
+RESULTS_FOLDER = "results"
+CACHE_FOLDER = "embedding_cache"
+SUFFIX = ".parquet"
+SHARD_TABLES: tuple[type[Row], ...] = (Sample, StatsRow)
+MODEL_FOLDER_CHARS = 16
+"""The model key (a sha256) is shortened in folder names; the files hold it whole."""
+
+
+@dataclass(frozen=True)
+class ResultFiles:
+    root: AnyPath
+    storage_options: Any = None
+
+    @classmethod
+    def under(cls, output_root: AnyPath, storage_options: Any = None) -> "ResultFiles":
+        return cls(output_root / RESULTS_FOLDER, storage_options)
+
+    @property
+    def remote(self) -> bool:
+        return is_remote_path(self.root)
+
+    def table_folder(self, row_type: type[Row]) -> AnyPath:
+        return self.root / row_type.TABLE
+
+    def shard_file(self, row_type: type[Row], shard: str) -> AnyPath:
+        return self.table_folder(row_type) / f"{shard}{SUFFIX}"
+
+    @property
+    def filtered_file(self) -> AnyPath:
+        return self.root / f"{FilteredRow.TABLE}{SUFFIX}"
+
+    @property
+    def cache_root(self) -> AnyPath:
+        return self.root / CACHE_FOLDER
+
+    def cache_folder(self, model_key: str) -> AnyPath:
+        return self.cache_root / model_key[:MODEL_FOLDER_CHARS]
+
+    def shards(self, row_type: type[Row]) -> list[str]:
+        """The shards that have a file of the table, sorted."""
+        folder = self.table_folder(row_type)
+        return sorted(relative[: -len(SUFFIX)] for relative in parquet_files(folder))
+
+    def files(self, row_type: type[Row], shards: Iterable[str] | None = None) -> list[str]:
+        """The table's files (of `shards` only, if given: those that exist), as DuckDB reads them."""
+        found = self.shards(row_type)
+        wanted = found if shards is None else sorted(set(found) & set(shards))
+        return [url_of(self.shard_file(row_type, shard)) for shard in wanted]
+
+    def remove(self, shards: Iterable[str]) -> list[str]:
+        """Delete the shards' samples and stats files; returns the files deleted."""
+        removed = []
+        for shard in shards:
+            for row_type in SHARD_TABLES:
+                path = self.shard_file(row_type, shard)
+                if path.exists():
+                    path.unlink()
+                    removed.append(str(path))
+        return removed
+
+
+def parquet_files(folder: AnyPath) -> list[str]:
+    """Paths relative to `folder` of the Parquet files under it, at any depth; temp files (hidden) excluded. A
+    remote folder is listed afresh (fsspec would otherwise answer from an earlier listing)."""
+    if is_remote_path(folder):
+        fs, base = folder.fs, folder.path.rstrip("/")
+        fs.invalidate_cache(base)
+        found = fs.find(base) if fs.exists(base) else []
+        relative = [path[len(base) + 1:] for path in found]
+    else:
+        relative = [os.path.relpath(os.path.join(top, name), folder)
+                    for top, _, names in os.walk(folder) for name in names]
+    return sorted(path for path in relative if path.endswith(SUFFIX)
+                  and not any(part.startswith(".") for part in path.split("/")))
+
+
+def url_of(path: AnyPath) -> str:
+    """The path as DuckDB (through fsspec for a URL) opens it."""
+    return str(as_path(path)) if not is_remote_path(path) else f"{path.protocol}://{path.path}"
