@@ -15,7 +15,7 @@ import duckdb
 
 from .embedding.cache_files import CACHE_VIEW_COLUMNS
 from .locations import is_remote_path
-from .results import SHARD_TABLES, ResultFiles, url_of
+from .results import SHARD_TABLES, ResultFiles, damaged_in, url_of
 from .schema import FilteredRow, Row, column_names, columns, row_reader
 
 CATALOG_FILE = "catalog.duckdb"
@@ -88,6 +88,11 @@ def query_engine(results: ResultFiles, shards: Iterable[str] | None = None) -> I
     try:
         create_views(conn, results, shards)
         yield conn
+    except duckdb.Error as exc:
+        found = damaged_in(exc)
+        if found is None:
+            raise
+        raise found from exc
     finally:
         conn.close()
 

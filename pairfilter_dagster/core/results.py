@@ -13,6 +13,7 @@ shard, and runs of different shards never write the same file: many runs write a
 DuckDB queries these files (`catalog`)."""
 
 import os
+import re
 from dataclasses import dataclass
 from typing import Any, Iterable
 
@@ -78,6 +79,29 @@ class ResultFiles:
                     path.unlink()
                     removed.append(str(path))
         return removed
+
+
+class DamagedResultFile(RuntimeError):
+    """A result file that is not a whole Parquet file (a disk fault, a hand edit): the message says which and how
+    to make it again."""
+
+
+def damaged(path: str, cause: Exception) -> DamagedResultFile:
+    table, _, rest = path.partition(f"/{RESULTS_FOLDER}/")[2].partition("/")
+    remedy = (f"materialize its shard ({rest[: -len(SUFFIX)]}) again" if rest and table in {t.TABLE for t in SHARD_TABLES}
+              else "materialize filtered_samples again")
+    return DamagedResultFile(f"{path} is not a whole Parquet file (damaged, or not written by pairfilter): delete it "
+                             f"and {remedy}. ({cause})")
+
+
+DUCKDB_DAMAGED = re.compile(r"(?:No magic bytes found at end of file|too small to be a Parquet file|"
+                            r"Could not read Parquet metadata)[^']*'([^']+)'")
+
+
+def damaged_in(exc: Exception) -> DamagedResultFile | None:
+    """The damaged file a DuckDB error names, if it names one."""
+    found = DUCKDB_DAMAGED.search(str(exc))
+    return damaged(found.group(1), exc) if found else None
 
 
 def parquet_files(folder: AnyPath) -> list[str]:

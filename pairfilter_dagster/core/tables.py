@@ -10,6 +10,7 @@ import pyarrow.parquet as pq
 
 from .locations import AnyPath
 from .publish import StagedFile, StagedSink, staged_file
+from .results import damaged
 from .schema import Row, column_names, column_values, columns, row_reader
 
 ARROW_TYPES = {"VARCHAR": pa.string(), "INTEGER": pa.int32(), "VARCHAR[]": pa.list_(pa.string()),
@@ -73,9 +74,13 @@ def read_rows(path: AnyPath, row_type: type[Row], chunk_size: int = 2048,
     names = list(only or column_names(row_type))
     read = row_reader(row_type, names)
     with path.open("rb") as handle:
-        for batch in pq.ParquetFile(handle).iter_batches(batch_size=chunk_size, columns=names):
-            values = [batch.column(name).to_pylist() for name in names]
-            yield [read(record) for record in zip(*values)]
+        try:
+            batches = pq.ParquetFile(handle).iter_batches(batch_size=chunk_size, columns=names)
+            for batch in batches:
+                values = [batch.column(name).to_pylist() for name in names]
+                yield [read(record) for record in zip(*values)]
+        except pa.ArrowException as exc:
+            raise damaged(str(path), exc) from exc
 
 
 def file_shard(path: AnyPath) -> str | None:
