@@ -54,3 +54,20 @@ def read_samples_with_photos(raw_dir: Path, pairing: str = "exactly_two") -> lis
 
     rules = SampleRules.for_data_dir(raw_dir.parent, [str(raw_dir.parent), str(PHOTOS)], pairing)
     return list(read_samples(raw_dir, rules))
+
+
+LONGEST_MODULES_FIRST = ("test_webserver.py", "test_code_quality.py", "test_faults.py", "test_hostile_manifests.py",
+                         "test_definitions.py", "test_cli.py", "test_component.py", "test_ray_engine.py",
+                         "test_object_storage.py", "test_hostile_images.py", "test_scoring.py")
+"""The modules that take longest (`--durations`), longest first; the others follow in their usual order."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Under pytest-xdist (`--dist loadfile`, pyproject's addopts), each module runs whole on one worker, in its
+    own order, and the workers take modules in collection order: the longest first, so that the one that takes
+    most of the run (test_webserver's `dagster dev`) does not start last. A run without xdist keeps the usual
+    order. The sort is stable: the tests of a module keep their order."""
+    if not hasattr(config, "workerinput"):  # not an xdist worker
+        return
+    rank = {name: i for i, name in enumerate(LONGEST_MODULES_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
