@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from pairfilter_dagster.core.catalog import open_catalog, query_engine
 from pairfilter_dagster.core.held_reads import HELD_READS
 from pairfilter_dagster.core.ingest.formats import read_shards
 from pairfilter_dagster.core.ingest.manifests import list_shards
@@ -62,9 +63,16 @@ def upload(fs, folder, prefix: str) -> str:
     return f"s3://{BUCKET}/{prefix}"
 
 
-def scores_by_sample(database_dir):
-    return {sample_id: (status, list(scores)) for sample_id, status, scores in
-            query(database_dir, "SELECT sample_id, status, image_pair_similarity FROM image_pair_stats")}
+def url_query(url: str, sql: str) -> list[tuple]:
+    """`sql` over the views of the result files of a data folder given by its URL."""
+    with query_engine(PairfilterStorage(data_dir=url).results) as conn:
+        return conn.execute(sql).fetchall()
+
+
+def scores_by_sample(location):
+    sql = "SELECT sample_id, status, image_pair_similarity FROM image_pair_stats"
+    rows = url_query(location, sql) if isinstance(location, str) else query(location, sql)
+    return {sample_id: (status, list(scores)) for sample_id, status, scores in rows}
 
 
 @pytest.fixture(scope="module")
@@ -82,15 +90,22 @@ def test_a_dataset_on_s3_scores_and_keeps_exactly_what_the_same_files_on_disk_do
     local, local_result, url, state, bucket_result = local_and_bucket_runs
     for result in (local_result, bucket_result):
         assert result.success and all(check.passed for check in result.get_asset_check_evaluations())
-    expected, found = scores_by_sample(local), scores_by_sample(state)
+    expected, found = scores_by_sample(local), scores_by_sample(url)
     assert sorted({sample_id.split(":")[0] for sample_id in found}) == sorted(SHARDS)
     assert found.keys() == expected.keys() and len(found) == len(SHARDS) * len(PAIRS)
     for sample_id, (status, scores) in found.items():
         assert status == "ok" and scores == pytest.approx(expected[sample_id][1], abs=1e-6), sample_id
-    kept = lambda folder: sorted(sid for (sid,) in query(folder, "SELECT sample_id FROM filtered_samples"))  # noqa: E731
-    assert kept(state) == kept(local) and len(kept(state)) == len(found) // 2
-    assert not (state / "output" / "kept").exists()  # the outputs went to the bucket, the store stayed local
-    assert (state / "pairfilter.duckdb").is_file() and not s3.exists(f"{BUCKET}/datasets/pairs/pairfilter.duckdb")
+    kept_sql = "SELECT sample_id FROM filtered_samples ORDER BY 1"
+    assert url_query(url, kept_sql) == query(local, kept_sql) and len(query(local, kept_sql)) == len(found) // 2
+    assert not (state / "output" / "kept").exists()  # the outputs and the results went to the bucket
+    results = f"{BUCKET}/datasets/pairs/output/results"
+    assert s3.exists(f"{results}/image_pair_stats/webdataset.tar.parquet") and s3.exists(f"{results}/raw_samples")
+    assert s3.find(f"{results}/embedding_cache") and not (state / "output" / "results").exists()
+    storage = PairfilterStorage(data_dir=url, state_dir=str(state))
+    with open_catalog(storage.catalog, storage.results) as conn:  # the local catalog reads the bucket's files
+        assert sorted(conn.execute(kept_sql).fetchall()) == query(local, kept_sql)
+        assert conn.execute("SELECT count(DISTINCT content_hash) FROM embedding_cache").fetchone()[0] == \
+            query(local, "SELECT count(DISTINCT content_hash) FROM embedding_cache")[0][0]
 
 
 def test_the_outputs_on_the_bucket_read_back_like_the_local_ones(local_and_bucket_runs, s3):
@@ -150,7 +165,7 @@ def test_pairfilter_materialize_runs_the_whole_pipeline_on_a_bucket(s3, tmp_path
     assert f"shards under {url}/raw" in done.stdout
     (state,) = (tmp_path / "home").iterdir()
     assert state.name.startswith("s3-pairfilter-test-cli-")
-    assert len(scores_by_sample(state)) == len(SHARDS) * len(PAIRS)
+    assert len(scores_by_sample(url)) == len(SHARDS) * len(PAIRS) and (state / "catalog.duckdb").is_file()
     assert s3.exists(f"{BUCKET}/cli/output/kept_ids.txt") and s3.exists(f"{BUCKET}/cli/output/kept/webdataset.tar")
 
 
@@ -230,7 +245,7 @@ def test_any_fsspec_filesystem_serves_as_the_data_folder(tmp_path, tiny_clip_dir
         result = run(ASSETS, "memory://memory-data", tiny_clip_dir, {"min_score": 0.0},
                      storage_options={"state_dir": str(tmp_path / "state")})
         assert result.success and all(check.passed for check in result.get_asset_check_evaluations())
-        assert len(scores_by_sample(tmp_path / "state")) == len(SHARDS) * len(PAIRS)
+        assert len(scores_by_sample("memory://memory-data")) == len(SHARDS) * len(PAIRS)
         assert memory.cat_file("/memory-data/output/kept_ids.txt").decode().count("\n") == len(SHARDS) * len(PAIRS)
     finally:
         memory.rm("/memory-data", recursive=True)
@@ -255,17 +270,34 @@ def test_local_manifests_may_name_images_on_a_bucket_inside_an_image_root(s3, tm
     assert report.images_embedded == 2 == HELD_READS.hits - held_before  # decoded from the bytes read for hashing
 
 
-def test_an_upload_committed_but_not_done_is_completed_by_the_next_connection(s3, tmp_path):
-    """The state a run killed between the commit of filtered_samples and the upload of its JSONL leaves."""
-    import duckdb
+KILLED_AFTER_THE_COMMIT = """
+import os, signal, sys
+from pathlib import Path
+from pairfilter_dagster.core import publish
+from pairfilter_dagster.core.locations import as_location
 
-    from pairfilter_dagster.core.publish import complete_pending, record_pending, staged_file
+jsonl, table = (as_location(url) for url in sys.argv[2:])
+with publish.staged_file(jsonl) as lines, publish.staged_file(table) as rows:
+    lines.write_lines(['{"images": ["a.jpg", "b.jpg"]}'])
+    rows.write(b"the filtered table")
+    write_record = publish.StagedFile.publish
+    publish.StagedFile.publish = lambda self: write_record(self) if self.path.suffix == ".json" else \
+        os.kill(os.getpid(), signal.SIGKILL)  # dies once the record is written, before the first upload
+    publish.publish_together([lines, rows], Path(sys.argv[1]))
+"""
 
-    target = as_location(f"s3://{BUCKET}/pending/output/filtered_samples.jsonl")
-    with duckdb.connect(str(tmp_path / "store.duckdb")) as conn, staged_file(target) as staged:
-        staged.write_lines(['{"images": ["a.jpg", "b.jpg"]}'])
-        record_pending(conn, staged)  # committed; the process dies here, its staged file kept
-        assert not s3.exists(target.path) and staged.temp_path.is_file()
-        assert complete_pending(conn) == [str(target)]
-        assert s3.cat_file(target.path) == b'{"images": ["a.jpg", "b.jpg"]}\n'
-        assert not staged.temp_path.exists()
+
+def test_uploads_committed_but_not_done_are_completed_by_the_next_run(s3, tmp_path):
+    """The state a run killed between the commit of the filtered files (their record) and their uploads leaves."""
+    from pairfilter_dagster.core.publish import complete_pending
+
+    records = tmp_path / "pending_publish"
+    targets = [f"s3://{BUCKET}/pending/output/filtered_samples.jsonl",
+               f"s3://{BUCKET}/pending/output/results/filtered_samples.parquet"]
+    died = subprocess.run([sys.executable, "-c", KILLED_AFTER_THE_COMMIT, str(records), *targets], timeout=120)
+    assert died.returncode == -9
+    assert not any(s3.exists(url) for url in targets) and len(list(records.iterdir())) == 1
+    assert complete_pending(records) == targets
+    assert s3.cat_file(targets[0]) == b'{"images": ["a.jpg", "b.jpg"]}\n'
+    assert s3.cat_file(targets[1]) == b"the filtered table"
+    assert not list(records.iterdir()) and complete_pending(records) == []

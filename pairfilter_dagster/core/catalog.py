@@ -15,10 +15,11 @@ import duckdb
 
 from .embedding.cache_files import CACHE_VIEW_COLUMNS
 from .locations import is_remote_path
-from .results import SHARD_TABLES, ResultFiles, damaged_in, url_of
+from .results import SHARD_TABLES, ResultFiles, damaged_in, parquet_files, url_of
 from .schema import FilteredRow, Row, column_names, columns, row_reader
 
 CATALOG_FILE = "catalog.duckdb"
+CACHE_VIEW = "embedding_cache"
 INPUT_ORDER = "manifest, line_number"
 
 
@@ -63,22 +64,27 @@ def register_filesystem(conn: duckdb.DuckDBPyConnection, results: ResultFiles) -
 
 
 def create_views(conn: duckdb.DuckDBPyConnection, results: ResultFiles, shards: Iterable[str] | None = None,
-                 *, globbed: bool = False) -> None:
-    """The four views; the shard tables over the files of `shards` only, if given. `globbed` views read every file
-    matching at query time (new shards included): what the catalog file holds."""
+                 *, catalog: bool = False) -> None:
+    """The views; the shard tables over the files of `shards` only, if given. In the catalog of a local folder the
+    views are globs, read at query time (new shards included); elsewhere they list the files there are now (a
+    glob through fsspec is one listing per query). Steps never read the embedding cache view: over a URL it is in
+    the catalog only."""
     register_filesystem(conn, results)
     wanted = None if shards is None else list(shards)
+    globs = catalog and not results.remote
     for row_type in SHARD_TABLES:
         typed = [(c.name, c.sql_type) for c in columns(row_type)]
         files = results.files(row_type, wanted)
         glob = f"{url_of(results.table_folder(row_type))}/**/*.parquet"
-        create_view(conn, row_type.TABLE, typed, glob if globbed and files and wanted is None else files)
+        create_view(conn, row_type.TABLE, typed, glob if globs and files and wanted is None else files)
     filtered = results.filtered_file
     create_view(conn, FilteredRow.TABLE, [(c.name, c.sql_type) for c in columns(FilteredRow)],
                 [url_of(filtered)] if filtered.exists() else [])
-    cache = results.cache_root
-    create_view(conn, "embedding_cache", CACHE_VIEW_COLUMNS,
-                f"{url_of(cache)}/**/*.parquet" if cache.exists() and any(cache.iterdir()) else [])
+    if results.remote and not catalog:
+        return
+    blocks = [url_of(results.cache_root / name) for name in parquet_files(results.cache_root)]
+    create_view(conn, CACHE_VIEW, CACHE_VIEW_COLUMNS, f"{url_of(results.cache_root)}/**/*.parquet"
+                if blocks and not results.remote else blocks)
 
 
 @contextmanager
@@ -104,14 +110,14 @@ def write_catalog(results: ResultFiles, database: Path) -> dict[str, int]:
     temp = database.with_name(f".{database.name}.{os.getpid()}.tmp")
     temp.unlink(missing_ok=True)
     with duckdb.connect(str(temp)) as conn:
-        create_views(conn, results, globbed=True)
+        create_views(conn, results, catalog=True)
         rows = {name: scalar(conn, f'SELECT count(*) FROM "{name}"') for name in catalog_views()}
     os.replace(temp, database)
     return rows
 
 
 def catalog_views() -> list[str]:
-    return [*(row_type.TABLE for row_type in SHARD_TABLES), FilteredRow.TABLE, "embedding_cache"]
+    return [*(row_type.TABLE for row_type in SHARD_TABLES), FilteredRow.TABLE, CACHE_VIEW]
 
 
 @contextmanager
