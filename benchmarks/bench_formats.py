@@ -19,10 +19,9 @@ from typing import Callable
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from pairfilter_dagster.core import stages, store
+from benchmarks.folders import ingest_folder, score_folder
 from pairfilter_dagster.core.embedding.local import LocalEngine
 from pairfilter_dagster.core.embedding.model import ClipEmbedder, ModelSpec
-from pairfilter_dagster.core.ingest.formats import read_samples
 from pairfilter_dagster.core.ingest.samples import SampleRules
 from pairfilter_dagster.core.locations import AnyPath, as_location
 from pairfilter_dagster.core.schema import Status
@@ -62,14 +61,13 @@ def local_folder(work: Path, name: str, pairs: list[tuple[Path, Path]], writer: 
 
 
 def scored_pairs_per_second(embedder: ClipEmbedder, data: AnyPath, state: Path, batch_size: int) -> float:
-    """Ingest and score one data folder into a fresh store; pairs per second over both."""
+    """Ingest and score one data folder into fresh result files; pairs per second over both."""
     rules = SampleRules.for_data_dir(data)
-    with store.connect(state / "pairfilter.duckdb") as conn:
-        started = time.perf_counter()
-        stages.ingest(conn, read_samples(data / "raw", rules))
-        with LocalEngine(embedder, batch_size=batch_size) as engine:
-            report = stages.score(conn, embedder, engine)
-        seconds = time.perf_counter() - started
+    started = time.perf_counter()
+    shards = ingest_folder(data, rules)
+    with LocalEngine(embedder, batch_size=batch_size) as engine:
+        report = score_folder(data, shards, embedder, engine, state=state)
+    seconds = time.perf_counter() - started
     if set(report.status_counts) != {Status.OK}:
         raise RuntimeError(f"every benchmark sample must score, got {report.status_counts}")
     return report.samples / seconds

@@ -26,17 +26,19 @@ import torch
 from PIL import Image
 
 from benchmarks.bench_formats import format_rows
+from benchmarks.bench_shards import shard_rows
+from benchmarks.folders import ingest_folder, results_of, score_folder
 from benchmarks.stage_costs import STAGES, stage_costs
-from pairfilter_dagster.core import stages, store
+from pairfilter_dagster.core import stages
 from pairfilter_dagster.core.embedding.local import DEFAULT_DECODE_WORKERS, LocalEngine
 from pairfilter_dagster.core.embedding.model import ClipEmbedder, ModelSpec
 from pairfilter_dagster.core.embedding.preprocess import pixel_values
 from pairfilter_dagster.core.images import ImageAccess, decode_rgb
-from pairfilter_dagster.core.ingest.formats import read_samples
 from pairfilter_dagster.core.ingest.samples import SampleRules
 from pairfilter_dagster.core.processes import processes_allowed
 from pairfilter_dagster.core.schema import StatsRow, Status
 from pairfilter_dagster.core.scoring import chunked
+from pairfilter_dagster.core.tables import table_file
 from pairfilter_dagster.testing import distinct_photos, write_clip_checkpoint
 
 CPU_FLAGS = ("avx512f", "avx512_bf16", "amx_tile", "amx_bf16")
@@ -91,17 +93,16 @@ def _timed_data_juicer_loop(model, processor, pairs, device) -> float:
 def our_scoring(embedder, data_dir: Path, photos_dir: Path, batch_size: int, workers: int | None = None,
                 processes: bool | None = None):
     """The stats asset's work (ingest excluded): hashing, cache lookups, decode workers overlapped with batched
-    forwards, DuckDB writes; the engine's defaults unless told. Returns (seconds, report)."""
+    forwards, the stats file written; the engine's defaults unless told. Returns (seconds, report)."""
     rules = SampleRules.for_data_dir(data_dir, [str(photos_dir)])
-    with store.connect(data_dir / "pairfilter.duckdb") as conn:
-        stages.ingest(conn, read_samples(data_dir / "raw", rules))
-        started = time.perf_counter()
-        with LocalEngine(embedder, batch_size=batch_size, workers=workers or DEFAULT_DECODE_WORKERS,
-                         processes=processes) as engine:
-            report = stages.score(conn, embedder, engine, access=ImageAccess(rules.image_roots))
-        if embedder.device == "cuda":
-            torch.cuda.synchronize()
-        seconds = time.perf_counter() - started
+    shards = ingest_folder(data_dir, rules)
+    started = time.perf_counter()
+    with LocalEngine(embedder, batch_size=batch_size, workers=workers or DEFAULT_DECODE_WORKERS,
+                     processes=processes) as engine:
+        report = score_folder(data_dir, shards, embedder, engine, state=data_dir, access=ImageAccess(rules.image_roots))
+    if embedder.device == "cuda":
+        torch.cuda.synchronize()
+    seconds = time.perf_counter() - started
     if set(report.status_counts) != {Status.OK}:
         raise RuntimeError(f"every benchmark sample must score, got {report.status_counts}")
     return seconds, report
@@ -160,12 +161,11 @@ def ray_scoring(spec: ModelSpec, embedder, data_dir: Path, photos_dir: Path, arg
             first_batch_at.append(time.perf_counter())
 
     rules = SampleRules.for_data_dir(data_dir, [str(photos_dir)])
-    with store.connect(data_dir / "pairfilter.duckdb") as conn:
-        stages.ingest(conn, read_samples(data_dir / "raw", rules))
-        started = time.perf_counter()
-        with engine:
-            report = stages.score(conn, embedder, engine, on_progress=on_progress)
-        ended = time.perf_counter()
+    shards = ingest_folder(data_dir, rules)
+    started = time.perf_counter()
+    with engine:
+        report = score_folder(data_dir, shards, embedder, engine, on_progress=on_progress)
+    ended = time.perf_counter()
     if set(report.status_counts) != {Status.OK}:
         raise RuntimeError(f"every benchmark sample must score, got {report.status_counts}")
     return ended - started, first_batch_at[0] - started
@@ -228,13 +228,14 @@ def rethreshold_seconds(work: Path, rows: int) -> tuple[float, float]:
     with open(data_dir / "raw" / "m.jsonl", "w") as manifest:  # the shard exists: the dataset keeps its rows
         manifest.writelines(json.dumps({"text": f"sample {i}", "images": [f"a{i}.jpg", f"b{i}.jpg"]}) + "\n"
                             for i in range(rows))
-    with store.connect(data_dir / "pairfilter.duckdb") as conn:
-        with store.table_writer(conn, StatsRow) as table:
-            for chunk in chunked(stats, 10_000):
-                table.write(chunk)
-        started = time.perf_counter()
-        stages.filter_and_publish(conn, FilterSettings(0.3, 0.9), data_dir / "output" / "core.jsonl", data_dir / "raw")
-        core = time.perf_counter() - started
+    results = results_of(data_dir)
+    with table_file(results.shard_file(StatsRow, "m.jsonl"), StatsRow, "m.jsonl") as table:
+        for chunk in chunked(stats, 10_000):
+            table.write(chunk)
+    started = time.perf_counter()
+    stages.filter_and_publish(results, FilterSettings(0.3, 0.9), data_dir / "output" / "core.jsonl", data_dir / "raw",
+                              data_dir / "pending_publish")
+    core = time.perf_counter() - started
     started = time.perf_counter()
     result = dg.materialize(
         [build_pipeline().filtered_samples],
@@ -306,6 +307,8 @@ def main() -> None:
     parser.add_argument("--skip-memory", action="store_true")
     parser.add_argument("--skip-split", action="store_true", help="leave out the worker-split table")
     parser.add_argument("--skip-formats", action="store_true", help="leave out the rows per kind of shard")
+    parser.add_argument("--skip-shards", action="store_true", help="leave out the rows of shard runs and the cache")
+    parser.add_argument("--cache-entries", type=int, default=1_000_000, help="embeddings in the cache for row 12")
     parser.add_argument("--ray", action="store_true", help="also score with the Ray engine on a local Ray")
     parser.add_argument("--ray-actors", type=int, default=1, help="model actors for --ray")
     parser.add_argument("--ray-num-cpus", type=float, default=1.0, help="CPUs per model actor for --ray")
@@ -460,6 +463,11 @@ def main() -> None:
         if not args.skip_formats:
             for label, value in format_rows(exact, distinct, work / "formats", args.batch_size):
                 row(f"11. {label}", value)
+
+        # 12. no single writer: shard runs at once, re-thresholding from the files, the cache's files at 1M
+        if not args.skip_shards:
+            for label, value in shard_rows(work / "shards", clip_dir, args.cache_entries):
+                row(f"12. {label}", value)
 
     print(f"\nCPU: {cpu_features()}\n\n| measure | value | target |\n|---|---|---|")
     for name, value, target in results:

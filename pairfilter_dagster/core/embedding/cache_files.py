@@ -184,27 +184,24 @@ class EmbeddingFiles:
         return handle
 
     def _read_rows(self, file_id: int, rows: dict[int, str]) -> dict[str, np.ndarray]:
-        """The embeddings at `rows` ({row: expected content hash}) of one file, one row group read per group hit."""
+        """The embeddings at `rows` ({row: expected content hash}) of one file: the row groups holding them, read in
+        one call (a call costs more than the bytes of a group)."""
         try:
             parquet = self._parquet(file_id)
         except (FileNotFoundError, pa.ArrowException, OSError):
             return {}
         starts = np.cumsum([0] + [parquet.metadata.row_group(g).num_rows for g in range(parquet.num_row_groups)])
-        groups: dict[int, list[int]] = defaultdict(list)
-        for row in rows:
-            groups[int(np.searchsorted(starts, row, side="right")) - 1].append(row)
-        found = {}
-        for group, members in groups.items():
-            table = parquet.read_row_group(group, columns=["content_hash", "embedding"])
-            hashes = table.column("content_hash").to_pylist()
-            column = table.column("embedding").combine_chunks()
-            vectors = column.values.to_numpy(zero_copy_only=False).reshape(len(column), -1)
-            for row in members:
-                local = row - int(starts[group])
-                if hashes[local] == rows[row]:  # a 64-bit key shared by two hashes: the full hash decides
-                    found[rows[row]] = vectors[local]
-        return found
-
+        wanted = np.fromiter(rows, dtype=np.int64)
+        group_of = np.searchsorted(starts, wanted, side="right") - 1
+        groups = np.unique(group_of)
+        table = parquet.read_row_groups(groups.tolist(), columns=["content_hash", "embedding"])
+        group_start = np.cumsum([0] + [int(starts[g + 1] - starts[g]) for g in groups])  # within `table`
+        local = group_start[np.searchsorted(groups, group_of)] + wanted - starts[group_of]
+        hashes = table.column("content_hash").take(pa.array(local)).to_pylist()
+        column = table.column("embedding").combine_chunks()
+        vectors = column.values.to_numpy(zero_copy_only=False).reshape(len(column), -1)[local]
+        # A 64-bit key shared by two hashes: the full hash decides.
+        return {expected: vectors[i] for i, (expected, found) in enumerate(zip(rows.values(), hashes)) if found == expected}
 
 def full_model_key(results: ResultFiles, recorded: str) -> str:
     """The model key that the recorded one (the stats metadata shows its first 16 characters) starts with, from
