@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
               f"run `{storage.migrate_command()}` first", file=sys.stderr)
         return 2
     storage.catalog.unlink(missing_ok=True)
-    rows = write_catalog(results, storage.catalog)
+    rows = write_catalog(results, storage.catalog, count=True)
     print(f"Catalog {storage.catalog}: views over {results.root}")
     for view, count in rows.items():
         print(f"  {view}: {count} rows")

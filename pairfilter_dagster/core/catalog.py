@@ -103,15 +103,16 @@ def query_engine(results: ResultFiles, shards: Iterable[str] | None = None) -> I
         conn.close()
 
 
-def write_catalog(results: ResultFiles, database: Path) -> dict[str, int]:
+def write_catalog(results: ResultFiles, database: Path, *, count: bool = False) -> dict[str, int]:
     """Replace the catalog file with views over every result file (written beside it, then renamed into place:
-    readers see the old catalog or the new); returns the rows each view reads now."""
+    readers see the old catalog or the new); returns the rows each view reads now, if asked to `count` (a look at
+    every file's footer: worth it for people, not for each run)."""
     database.parent.mkdir(parents=True, exist_ok=True)
     temp = database.with_name(f".{database.name}.{os.getpid()}.tmp")
     temp.unlink(missing_ok=True)
     with duckdb.connect(str(temp)) as conn:
         create_views(conn, results, catalog=True)
-        rows = {name: scalar(conn, f'SELECT count(*) FROM "{name}"') for name in catalog_views()}
+        rows = {name: scalar(conn, f'SELECT count(*) FROM "{name}"') for name in catalog_views()} if count else {}
     os.replace(temp, database)
     return rows
 

@@ -1,8 +1,8 @@
 """Pair scores, one bounded chunk of samples at a time.
 
 For each chunk: hash the image files, take the embeddings already in the cache, hand the rest (cache misses) to an
-embedding engine, store each batch of new embeddings in the cache as it arrives, then score each sample's pairs by
-cosine similarity. Memory is bounded by the chunk size, never by the dataset: cross-chunk duplicates are found
+embedding engine, give each batch of new embeddings to the cache as it arrives (the file cache writes them a block
+at a time), then score each sample's pairs by cosine similarity. Memory is bounded by the chunk size, never by the dataset: cross-chunk duplicates are found
 through the cache. Only the scorer, in the Dagster step, writes the cache."""
 
 import itertools
@@ -141,7 +141,7 @@ class PairScorer:
         embeddings: dict[str, np.ndarray] = {}
         errors: dict[str, str] = {}
         for batch in self.engine.embed(todo, self.access):
-            self.cache.put_many(batch.embeddings)  # committed per batch: a killed run keeps what it embedded
+            self.cache.put_many(batch.embeddings)  # kept a block at a time: a killed run keeps what it wrote
             embeddings.update(batch.embeddings)
             errors.update(batch.errors)
             self.report.forward_passes += batch.forward_passes
