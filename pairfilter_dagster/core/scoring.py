@@ -2,8 +2,9 @@
 
 For each chunk: hash the image files, take the embeddings already in the cache, hand the rest (cache misses) to an
 embedding engine, give each batch of new embeddings to the cache as it arrives (the file cache writes them a block
-at a time), then score each sample's pairs by cosine similarity. Memory is bounded by the chunk size, never by the dataset: cross-chunk duplicates are found
-through the cache. Only the scorer, in the Dagster step, writes the cache."""
+at a time), then score each sample's pairs by cosine similarity. Memory is bounded by the chunk size, never by the
+dataset: cross-chunk duplicates are found through the cache. Only the scorer, in the Dagster step, writes the
+cache."""
 
 import itertools
 import time
