@@ -35,7 +35,7 @@ def run(selection, data_dir, clip_dir, filter_config=None, *, storage_options=No
 
 def query(data_dir, sql):
     """The rows of `sql` over the result files of a local data folder (views named after the tables)."""
-    with query_engine(PairfilterStorage(data_dir=str(data_dir)).results) as conn:
+    with query_engine(PairfilterStorage(data_dir=str(data_dir)).results, with_cache=True) as conn:
         return conn.execute(sql).fetchall()
 
 

@@ -1,21 +1,23 @@
-"""Remembered hashes of unchanged image files: a re-scored shard reads only what changed. Real photos, a real
-DuckDB store, the real scoring stage; an entry is trusted only once its file has been still for RACY_NS, and the
-tests wait that long rather than bend the clock."""
+"""Remembered hashes of unchanged image files: a re-scored shard reads only what changed. Real photos, real result
+files, the real scoring stage; an entry is trusted only once its file has been still for RACY_NS, and the tests
+wait that long rather than bend the clock."""
 
 import hashlib
 import os
 import shutil
 import time
 
-import duckdb
+import pyarrow.parquet as pq
 import pytest
 
-from pairfilter_dagster.core import stages, store
+from pairfilter_dagster.core import stages
+from pairfilter_dagster.core.catalog import query_engine
 from pairfilter_dagster.core.embedding.local import LocalEngine
 from pairfilter_dagster.core.file_hashes import RACY_NS
 from pairfilter_dagster.core.images import ImageAccess
-from pairfilter_dagster.core.ingest.formats import read_samples
+from pairfilter_dagster.core.ingest.manifests import list_shards
 from pairfilter_dagster.core.ingest.samples import SampleRules
+from pairfilter_dagster.core.results import ResultFiles
 from pairfilter_dagster.core.schema import Status
 from pairfilter_dagster.testing import PHOTOS
 
@@ -35,16 +37,22 @@ def still_data(tmp_path):
     return data
 
 
+def remembered(data, shard="pairs.jsonl"):
+    return data / "local_state" / "file_hashes" / f"{shard}.parquet"
+
+
 def score(data, embedder, **limits):
     rules = SampleRules.for_data_dir(data)
-    with store.connect(data / "pairfilter.duckdb") as conn:
-        stages.ingest(conn, read_samples(data / "raw", rules))
-        with LocalEngine(embedder, batch_size=4) as engine:
-            return stages.score(conn, embedder, engine, access=ImageAccess(rules.image_roots, **limits))
+    results = ResultFiles.under(data / "output")
+    shards = list_shards(data / "raw").readable
+    stages.ingest(results, shards, rules)
+    with LocalEngine(embedder, batch_size=4) as engine:
+        return stages.score(results, sorted(shards), embedder, engine, access=ImageAccess(rules.image_roots, **limits),
+                            file_hashes=data / "local_state" / "file_hashes")
 
 
 def hashes(data):
-    with duckdb.connect(str(data / "pairfilter.duckdb"), read_only=True) as conn:
+    with query_engine(ResultFiles.under(data / "output")) as conn:
         return {sample_id: list(found) for sample_id, found in
                 conn.execute("SELECT sample_id, image_hashes FROM image_pair_stats").fetchall()}
 
@@ -87,3 +95,20 @@ def test_a_remembered_file_beyond_new_limits_gets_its_status(still_data, embedde
     score(still_data, embedder)
     tight = score(still_data, embedder, max_pixels=10_000)  # every photo has more pixels
     assert tight.hashes_remembered == 0 and set(tight.status_counts) == {Status.IMAGE_TOO_LARGE}
+
+
+def test_each_shard_remembers_its_own_files_and_a_damaged_record_only_costs_a_reread(still_data, embedder):
+    write_manifest(still_data / "raw" / "more" / "b.jsonl", [{"images": ["../../images/cat.jpg",
+                                                                          "../../images/img3.jpg"]}])
+    time.sleep(RACY_NS / 1e9 + 0.2)
+    score(still_data, embedder)
+    assert sorted(pq.read_table(remembered(still_data, "more/b.jsonl")).column("path").to_pylist()) == [
+        str(still_data / "images" / name) for name in ("cat.jpg", "img3.jpg")]
+    assert pq.read_table(remembered(still_data)).num_rows == len(NAMES)
+    before = hashes(still_data)
+
+    remembered(still_data).write_bytes(b"not parquet")  # a damaged record: its files are read and hashed again
+    report = score(still_data, embedder)
+    assert report.hashes_remembered == 2 and report.images_embedded == 0 and hashes(still_data) == before
+    assert pq.read_table(remembered(still_data)).num_rows == len(NAMES)  # and remembered again
+    assert score(still_data, embedder).hashes_remembered == len(NAMES) + 2

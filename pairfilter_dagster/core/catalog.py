@@ -64,11 +64,11 @@ def register_filesystem(conn: duckdb.DuckDBPyConnection, results: ResultFiles) -
 
 
 def create_views(conn: duckdb.DuckDBPyConnection, results: ResultFiles, shards: Iterable[str] | None = None,
-                 *, catalog: bool = False) -> None:
+                 *, catalog: bool = False, with_cache: bool = False) -> None:
     """The views; the shard tables over the files of `shards` only, if given. In the catalog of a local folder the
     views are globs, read at query time (new shards included); elsewhere they list the files there are now (a
-    glob through fsspec is one listing per query). Steps never read the embedding cache view: over a URL it is in
-    the catalog only."""
+    glob through fsspec is one listing per query). Steps never read the embedding cache view (the cache reads its
+    own files): it is made for the catalog, or when asked."""
     register_filesystem(conn, results)
     wanted = None if shards is None else list(shards)
     globs = catalog and not results.remote
@@ -80,25 +80,35 @@ def create_views(conn: duckdb.DuckDBPyConnection, results: ResultFiles, shards: 
     filtered = results.filtered_file
     create_view(conn, FilteredRow.TABLE, [(c.name, c.sql_type) for c in columns(FilteredRow)],
                 [url_of(filtered)] if filtered.exists() else [])
-    if results.remote and not catalog:
+    if not (catalog or with_cache):
         return
     blocks = [url_of(results.cache_root / name) for name in parquet_files(results.cache_root)]
-    create_view(conn, CACHE_VIEW, CACHE_VIEW_COLUMNS, f"{url_of(results.cache_root)}/**/*.parquet"
-                if blocks and not results.remote else blocks)
+    with damaged_files_named():
+        create_view(conn, CACHE_VIEW, CACHE_VIEW_COLUMNS, f"{url_of(results.cache_root)}/**/*.parquet"
+                    if blocks and not results.remote else blocks)
 
 
 @contextmanager
-def query_engine(results: ResultFiles, shards: Iterable[str] | None = None) -> Iterator[duckdb.DuckDBPyConnection]:
-    """An in-memory DuckDB with the views over the result files (of `shards` only, if given)."""
-    conn = duckdb.connect()
+def damaged_files_named() -> Iterator[None]:
+    """A DuckDB error about a result file that is not whole Parquet becomes `DamagedResultFile`, saying what to do."""
     try:
-        create_views(conn, results, shards)
-        yield conn
+        yield
     except duckdb.Error as exc:
         found = damaged_in(exc)
         if found is None:
             raise
         raise found from exc
+
+
+@contextmanager
+def query_engine(results: ResultFiles, shards: Iterable[str] | None = None, *,
+                 with_cache: bool = False) -> Iterator[duckdb.DuckDBPyConnection]:
+    """An in-memory DuckDB with the views over the result files (of `shards` only, if given)."""
+    conn = duckdb.connect()
+    try:
+        with damaged_files_named():
+            create_views(conn, results, shards, with_cache=with_cache)
+            yield conn
     finally:
         conn.close()
 

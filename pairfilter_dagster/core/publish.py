@@ -118,6 +118,8 @@ class StagedFile:
                                        f"{TEMP_SUFFIX}"
         self.lines_written = 0
         self.digest = hashlib.sha256()
+        self.committed = False
+        """Named in a publish record (`publish_together`): its temp file is kept for `complete_pending`."""
         fd = os.open(self.temp_path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_CLOEXEC", 0), 0o666)
         self._handle: IO[Any] = os.fdopen(fd, "wb")
 
@@ -154,7 +156,8 @@ class StagedFile:
         except OSError:
             pass
         finally:
-            self.temp_path.unlink(missing_ok=True)
+            if not self.committed:
+                self.temp_path.unlink(missing_ok=True)
 
 
 class StagedSink(io.RawIOBase):
@@ -256,6 +259,8 @@ def publish_together(files: Sequence[StagedFile], record_folder: Path) -> None:
     record_path = record_folder / f"{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(4)}.json"
     write_atomically(record_path, json.dumps(record).encode())
     for staged in files:
+        staged.committed = True  # a publish that fails from here on is completed by `complete_pending`
+    for staged in files:
         staged.publish()
     record_path.unlink()
 
@@ -266,8 +271,8 @@ def complete_pending(record_folder: Path, storage_options: dict[str, Any] | None
     host = socket.gethostname()
     for record_path in sorted(record_folder.glob(f"{host}.*.json")) if record_folder.is_dir() else ():
         pid = record_path.name.split(".")[-3]
-        if pid.isdigit() and process_alive(int(pid)):
-            continue  # still publishing
+        if pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid)):
+            continue  # still publishing (this process is not: its failed publish is completed now)
         for entry in json.loads(record_path.read_text()):
             temp_path = entry["temp_path"]
             if os.path.exists(temp_path) and file_sha256(temp_path) == entry["sha256"]:

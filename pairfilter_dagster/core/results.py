@@ -88,8 +88,12 @@ class DamagedResultFile(RuntimeError):
 
 def damaged(path: str, cause: Exception) -> DamagedResultFile:
     table, _, rest = path.partition(f"/{RESULTS_FOLDER}/")[2].partition("/")
-    remedy = (f"materialize its shard ({rest[: -len(SUFFIX)]}) again" if rest and table in {t.TABLE for t in SHARD_TABLES}
-              else "materialize filtered_samples again")
+    if table == CACHE_FOLDER:
+        remedy = "run again: its embeddings are computed again where they are needed"
+    elif rest and table in {t.TABLE for t in SHARD_TABLES}:
+        remedy = f"materialize its shard ({rest[: -len(SUFFIX)]}) again"
+    else:
+        remedy = "materialize filtered_samples again"
     return DamagedResultFile(f"{path} is not a whole Parquet file (damaged, or not written by pairfilter): delete it "
                              f"and {remedy}. ({cause})")
 

@@ -16,6 +16,7 @@ from ..core.ingest.manifests import unreadable_message
 from ..core.kept_outputs import KEPT_FOLDER, remove_kept_of, write_kept_outputs
 from ..core.progress import progress_logger
 from ..core.report.summary import markdown_table
+from ..core.results import DamagedResultFile
 from ..core.schema import FilteredRow, Sample, StatsRow
 from ..core.share import resolve_share
 from .config import filter_config_class, filter_settings_metadata, preflight
@@ -209,7 +210,10 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
             remove_kept_of(storage.output_root, removed)
             similarity = similarity_metadata(conn, settings, marked=True)
             data_version = table_data_version(conn, FilteredRow.TABLE, ["sample_id", "sample_json"], str(settings))
-        write_catalog(results, storage.catalog)
+        try:
+            write_catalog(results, storage.catalog)
+        except DamagedResultFile as exc:  # the catalog is for people: the dataset is published, say what to mend
+            context.log.warning(f"The catalog {storage.catalog} was not rewritten: {exc}; then run pairfilter-catalog")
         context.log.info(f"Kept {counts.kept} of {counts.total} samples ({counts.scored} scored) with {settings}")
         return dg.MaterializeResult(
             data_version=data_version,

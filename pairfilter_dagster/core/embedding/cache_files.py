@@ -100,13 +100,17 @@ class EmbeddingFiles:
             return found
         self.refresh()
         keys = hash_keys(rest)
-        at = np.minimum(np.searchsorted(self._keys, keys), max(len(self._keys) - 1, 0))
-        hit = (self._keys[at] == keys) if len(self._keys) else np.zeros(len(rest), dtype=bool)
-        by_file: dict[int, dict[int, str]] = defaultdict(dict)
-        for content_hash, position in zip(np.asarray(rest)[hit], at[hit]):
-            by_file[int(self._file_ids[position])][int(self._rows[position])] = str(content_hash)
-        for file_id, rows in by_file.items():
-            found.update(self._read_rows(file_id, rows))
+        # Every index entry of a key is a candidate (copies written by two runs, or two hashes sharing 64 bits): the
+        # first entries are read first, later ones only for the hashes still not found.
+        left, right = np.searchsorted(self._keys, keys, "left"), np.searchsorted(self._keys, keys, "right")
+        candidates = [(h, int(a), int(b)) for h, a, b in zip(rest, left, right) if a < b]
+        while candidates:
+            by_file: dict[int, dict[int, set[str]]] = defaultdict(lambda: defaultdict(set))
+            for content_hash, position, _ in candidates:
+                by_file[int(self._file_ids[position])][int(self._rows[position])].add(content_hash)
+            for file_id, rows in by_file.items():
+                found.update(self._read_rows(file_id, rows))
+            candidates = [(h, a + 1, b) for h, a, b in candidates if h not in found and a + 1 < b]
         return found
 
     def put_many(self, embeddings: Mapping[str, np.ndarray]) -> None:
@@ -183,9 +187,9 @@ class EmbeddingFiles:
             self._open.popitem(last=False)
         return handle
 
-    def _read_rows(self, file_id: int, rows: dict[int, str]) -> dict[str, np.ndarray]:
-        """The embeddings at `rows` ({row: expected content hash}) of one file: the row groups holding them, read in
-        one call (a call costs more than the bytes of a group)."""
+    def _read_rows(self, file_id: int, rows: dict[int, set[str]]) -> dict[str, np.ndarray]:
+        """The embeddings at `rows` ({row: the content hashes it may hold}) of one file: the row groups holding them,
+        read in one call (a call costs more than the bytes of a group)."""
         try:
             parquet = self._parquet(file_id)
         except (FileNotFoundError, pa.ArrowException, OSError):
@@ -201,7 +205,8 @@ class EmbeddingFiles:
         column = table.column("embedding").combine_chunks()
         vectors = column.values.to_numpy(zero_copy_only=False).reshape(len(column), -1)[local]
         # A 64-bit key shared by two hashes: the full hash decides.
-        return {expected: vectors[i] for i, (expected, found) in enumerate(zip(rows.values(), hashes)) if found == expected}
+        return {found: vectors[i] for i, (candidates, found) in enumerate(zip(rows.values(), hashes))
+                if found in candidates}
 
 def full_model_key(results: ResultFiles, recorded: str) -> str:
     """The model key that the recorded one (the stats metadata shows its first 16 characters) starts with, from
