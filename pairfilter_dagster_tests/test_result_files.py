@@ -164,7 +164,7 @@ def test_embeddings_round_trip_through_a_block_file(results):
     assert_same(again.get_many([content_hash(n) for n in range(5)]), embeddings(range(3)))
     assert again.count() == 3 and again.dimension() == 8
     assert full_model_key(results, MODEL_KEY[:16]) == MODEL_KEY
-    with query_engine(results) as conn:
+    with query_engine(results, with_cache=True) as conn:
         assert conn.execute("SELECT count(*), count(DISTINCT content_hash), min(model_key) FROM embedding_cache"
                             ).fetchone() == (3, 3, MODEL_KEY)
 
@@ -241,14 +241,14 @@ QUERIES = ["SELECT * FROM image_pair_stats ORDER BY sample_id", "SELECT * FROM r
 def test_the_catalog_deleted_and_rebuilt_answers_the_same(results, tmp_path):
     shard_results(results)
     catalog = tmp_path / "state" / "catalog.duckdb"
-    rows = write_catalog(results, catalog)
+    rows = write_catalog(results, catalog, count=True)
     assert rows == {"raw_samples": 4, "image_pair_stats": 4, "filtered_samples": 0, "embedding_cache": 3}
     with open_catalog(catalog, results) as conn:
         first = [conn.execute(sql).fetchall() for sql in QUERIES]
-    with query_engine(results) as conn:
+    with query_engine(results, with_cache=True) as conn:
         assert [conn.execute(sql).fetchall() for sql in QUERIES] == first
     catalog.unlink()
-    assert write_catalog(results, catalog) == rows
+    assert write_catalog(results, catalog, count=True) == rows
     with duckdb.connect(str(catalog), read_only=True) as conn:  # as people open it: the DuckDB CLI, a notebook
         assert [conn.execute(sql).fetchall() for sql in QUERIES] == first
     assert listing(catalog.parent) == ["catalog.duckdb"]  # no temp file beside it
