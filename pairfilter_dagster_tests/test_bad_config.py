@@ -29,7 +29,7 @@ def launch(selection, data_dir, clip_dir, *, clip=None, storage=None, **kwargs):
 def assert_refused_before_any_work(caught, field, data_dir):
     message = str(caught.value.__cause__ or caught.value)
     assert field in message
-    assert not (data_dir / "pairfilter.duckdb").exists() and not (data_dir / "output").exists()
+    assert not (data_dir / "output").exists() and not (data_dir / "catalog.duckdb").exists()
 
 
 @pytest.mark.parametrize("resource, field, value", [
@@ -46,7 +46,7 @@ def test_an_unknown_name_is_refused_at_launch(bundled_data_dir, tiny_clip_dir, r
     ("clip", "hf_clip", ""),
     ("storage", "max_image_pixels", 0),
     ("storage", "max_image_pixels", PIL_HARD_PIXEL_LIMIT + 1),
-    ("storage", "lock_wait_seconds", -1),
+    ("storage", "embeddings_per_file", 0),  # ge=1: each cache file holds at least one embedding
 ])
 def test_a_value_out_of_range_fails_the_run_at_its_start(bundled_data_dir, tiny_clip_dir, resource, field, value):
     with pytest.raises(dg.DagsterResourceFunctionError) as caught:
@@ -61,7 +61,7 @@ def test_a_bad_clip_override_fails_the_first_step_even_when_it_does_not_use_the_
                     raise_on_error=False)
     step, error = step_failure(result)
     assert step == "raw_samples" and "batch_size" in error
-    assert not (bundled_data_dir / "pairfilter.duckdb").exists()
+    assert not (bundled_data_dir / "output").exists() and not (bundled_data_dir / "catalog.duckdb").exists()
 
 
 def test_image_roots_that_do_not_exist_fail_the_first_step(bundled_data_dir, tiny_clip_dir):
@@ -69,7 +69,7 @@ def test_image_roots_that_do_not_exist_fail_the_first_step(bundled_data_dir, tin
                     raise_on_error=False)
     step, error = step_failure(result)
     assert step == "raw_samples" and "image_roots: '/no/such/root' is not an existing folder" in error
-    assert not (bundled_data_dir / "pairfilter.duckdb").exists()
+    assert not (bundled_data_dir / "output").exists() and not (bundled_data_dir / "catalog.duckdb").exists()
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")

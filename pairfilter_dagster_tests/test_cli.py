@@ -12,12 +12,14 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+import duckdb
 import pytest
 
 from pairfilter_dagster.cli import main
+from pairfilter_dagster.core.catalog import catalog_views
 from pairfilter_dagster.run_console import RunConsole
 
-from .test_assets import EDGE_CASES
+from .test_assets import ASSETS, EDGE_CASES, query, run
 
 OK_SAMPLES = 9  # pairs.jsonl: every line a scorable pair
 
@@ -51,12 +53,18 @@ def test_a_run_prints_progress_lines_and_a_summary_from_the_run_metadata(bundled
     kept, of = map(int, re.match(r"(\d+) of (\d+) samples", fields["kept"]).groups())
     dropped = int(fields["dropped"].split()[0])
     assert kept + dropped == OK_SAMPLES and of == 13
-    assert fields["images"] == "14 embedded, 0 from cache"  # 15 paths, one duplicate content
-    filtered, report, database = (Path(fields[name]) for name in ("filtered", "report", "duckdb"))
+    # 15 paths, one duplicate content: 14 embedded. Shards are scored one after the other, so the picture both
+    # shards hold is found in the cache by the second.
+    assert fields["images"] == "14 embedded, 1 from cache"
+    filtered, report, results = (Path(fields[name]) for name in ("filtered", "report", "results"))
     assert filtered == bundled_data_dir / "output" / "filtered_samples.jsonl"
     assert len(filtered.read_text().splitlines()) == kept
     assert report.is_dir() and any(report.glob("*.png"))
-    assert database == bundled_data_dir / "pairfilter.duckdb" and database.is_file()
+    assert results == bundled_data_dir / "output" / "results"
+    assert (results / "image_pair_stats" / "pairs.jsonl.parquet").is_file()
+    catalog = Path(fields["catalog"].split(" (")[0])
+    assert catalog == bundled_data_dir / "catalog.duckdb" and catalog.is_file()
+    assert not (bundled_data_dir / "pairfilter.duckdb").exists()  # no single store any more
 
     # stderr is not a TTY: the scoring progress as plain lines, and none of Dagster's own chatter.
     progress = [line for line in done.stderr.splitlines() if line.startswith("Images ")]
@@ -116,6 +124,73 @@ def test_bad_input_gives_one_argparse_style_line_and_exit_code_2(argv, says, tmp
     err = capsys.readouterr().err
     assert err.startswith("usage: pairfilter-materialize")
     assert last_line(err).startswith(f"pairfilter-materialize: error: {says.format(**files)}")
+
+
+def result_file(data_dir: Path, table: str, shard: str) -> Path:
+    return data_dir / "output" / "results" / table / f"{shard}.parquet"
+
+
+def test_shard_runs_one_shard_and_dataset_builds_from_the_results_without_scoring(bundled_data_dir, tiny_clip_dir,
+                                                                                   tmp_path):
+    done = materialize(bundled_data_dir, tiny_clip_dir, "--shard", "pairs.jsonl")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "shard_job over shard pairs.jsonl" in done.stdout
+    fields = summary_fields(done.stdout)
+    assert fields["shards"] == "1" and fields["samples"] == f"{OK_SAMPLES} (ok {OK_SAMPLES})"
+    for table in ("raw_samples", "image_pair_stats"):
+        assert result_file(bundled_data_dir, table, "pairs.jsonl").is_file()
+        assert not result_file(bundled_data_dir, table, "more/edge_cases.jsonl").exists()  # the other shard: untouched
+    assert not (bundled_data_dir / "output" / "filtered_samples.jsonl").exists()  # the dataset is --dataset's work
+    assert query(bundled_data_dir, "SELECT DISTINCT manifest FROM image_pair_stats") == [("pairs.jsonl",)]
+
+    unknown = materialize(bundled_data_dir, tiny_clip_dir, "--shard", "pairs.jsonl", "--shard", "nope.jsonl")
+    assert unknown.returncode == 2
+    assert last_line(unknown.stderr).startswith("pairfilter-materialize: error: --shard nope.jsonl: no such shard")
+    assert "(shards: more/edge_cases.jsonl, pairs.jsonl)" in unknown.stderr
+
+    done = materialize(bundled_data_dir, tiny_clip_dir, "--shard", "more/edge_cases.jsonl")
+    assert done.returncode == 0, done.stderr[-3000:]
+    stats_files = {shard: result_file(bundled_data_dir, "image_pair_stats", shard).read_bytes()
+                   for shard in ("pairs.jsonl", "more/edge_cases.jsonl")}
+
+    # A model folder that does not exist: scoring, or loading the model at all, would fail the run.
+    done = materialize(bundled_data_dir, tmp_path / "no-model-here", "--dataset")
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "dataset_job over 2 shards" in done.stdout
+    fields = summary_fields(done.stdout)
+    assert fields["shards"].startswith("2 (their result files; no shard was ingested or scored)")
+    assert "images" not in fields and "samples" not in fields
+    kept = int(fields["kept"].split()[0])
+    assert fields["kept"].startswith(f"{kept} of 13 samples ({OK_SAMPLES} scored)")
+    lines = (bundled_data_dir / "output" / "filtered_samples.jsonl").read_text().splitlines()
+    assert len(lines) == kept == query(bundled_data_dir, "SELECT count(*) FROM filtered_samples")[0][0]
+    assert {shard: result_file(bundled_data_dir, "image_pair_stats", shard).read_bytes()
+            for shard in stats_files} == stats_files  # nothing re-scored
+    assert (bundled_data_dir / "catalog.duckdb").is_file()
+
+
+def view_rows(conn) -> dict[str, list]:
+    return {view: conn.execute(f'SELECT * FROM "{view}" ORDER BY ALL').fetchall() for view in catalog_views()}
+
+
+def test_pairfilter_catalog_rebuild_gives_the_same_views_over_the_result_files(bundled_data_dir, tiny_clip_dir):
+    assert run(ASSETS, bundled_data_dir, tiny_clip_dir).success
+    catalog = bundled_data_dir / "catalog.duckdb"
+    with duckdb.connect(str(catalog), read_only=True) as conn:
+        before = view_rows(conn)
+    assert len(before["image_pair_stats"]) == 13 and len(before["embedding_cache"]) == 14 and before["filtered_samples"]
+    catalog.unlink()
+
+    env = {**os.environ, "PAIRFILTER_DATA_DIR": str(bundled_data_dir.parent / "elsewhere")}  # --data-dir wins
+    done = subprocess.run([sys.executable, "-m", "pairfilter_dagster.catalog_cli", "rebuild",
+                           "--data-dir", str(bundled_data_dir)], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"Catalog {catalog}: views over {bundled_data_dir / 'output' / 'results'}" in done.stdout
+    assert "  image_pair_stats: 13 rows" in done.stdout and "  embedding_cache: 14 rows" in done.stdout
+    with duckdb.connect(str(catalog), read_only=True) as conn:
+        assert view_rows(conn) == before
+        # Views only: the data stays in the result files.
+        assert conn.execute("SELECT count(*) FROM duckdb_tables()").fetchone()[0] == 0
 
 
 class Terminal(io.StringIO):

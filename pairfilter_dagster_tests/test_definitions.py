@@ -8,13 +8,13 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 
-from pairfilter_dagster.defs.partitions import DUCKDB_POOL, all_shards_tags
+from pairfilter_dagster.defs.partitions import DATASET_POOL, all_shards_tags
 
 from .conftest import REPO
 from .pipeline import DEFS as defs
 from .pipeline import MANIFEST_SHARDS
+from .test_assets import query
 
 DAGSTER = str(Path(sys.executable).parent / "dagster")
 PAIRFILTER_MATERIALIZE = str(Path(sys.executable).parent / "pairfilter-materialize")
@@ -77,9 +77,8 @@ def test_pairfilter_materialize_runs_every_shard_and_the_dataset_in_one_run(bund
                           env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 shards" in done.stdout and "succeeded" in done.stdout
-    with duckdb.connect(str(bundled_data_dir / "pairfilter.duckdb"), read_only=True) as conn:
-        assert conn.execute("SELECT count(*) FROM image_pair_stats").fetchone()[0] == 13
-        ok = conn.execute("SELECT count(*) FROM image_pair_stats WHERE status = 'ok'").fetchone()[0]
+    assert query(bundled_data_dir, "SELECT count(*) FROM image_pair_stats") == [(13,)]
+    ((ok,),) = query(bundled_data_dir, "SELECT count(*) FROM image_pair_stats WHERE status = 'ok'")
     lines = (bundled_data_dir / "output" / "filtered_samples.jsonl").read_text().splitlines()
     assert len(lines) == ok == 9  # min_score 0: every scored sample of the tiny model is kept
 
@@ -100,19 +99,23 @@ def test_pairfilter_materialize_runs_every_shard_and_the_dataset_in_one_run(bund
                           capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "over 1 shards" in done.stdout and "removed:  more/edge_cases.jsonl" in done.stdout
-    with duckdb.connect(str(bundled_data_dir / "pairfilter.duckdb"), read_only=True) as conn:
-        assert conn.execute("SELECT DISTINCT manifest FROM image_pair_stats").fetchall() == [("pairs.jsonl",)]
-        assert conn.execute("SELECT count(*) FROM raw_samples").fetchone()[0] == 9
+    assert query(bundled_data_dir, "SELECT DISTINCT manifest FROM image_pair_stats") == [("pairs.jsonl",)]
+    assert query(bundled_data_dir, "SELECT count(*) FROM raw_samples") == [(9,)]
+    results = bundled_data_dir / "output" / "results"
+    assert not (results / "raw_samples" / "more" / "edge_cases.jsonl.parquet").exists()
+    assert not (results / "image_pair_stats" / "more" / "edge_cases.jsonl.parquet").exists()
 
 
-def test_the_shipped_instance_config_gives_duckdb_writing_steps_one_slot(tmp_path):
+def test_the_shipped_instance_config_gives_the_dataset_step_one_slot_and_shard_steps_no_pool(tmp_path):
     (tmp_path / "dagster.yaml").write_text((REPO / "dagster.yaml").read_text())
     with dg.DagsterInstance.from_config(str(tmp_path)) as instance:
         pools = instance.get_concurrency_config().pool_config
     assert pools.default_pool_limit == 1 and pools.pool_granularity.value == "op"
-    writers = {key: defs.resolve_assets_def(key).op.pool for key in ("raw_samples", "image_pair_stats",
-                                                                      "filtered_samples")}
-    assert writers == dict.fromkeys(writers, DUCKDB_POOL)
+    # Shard steps write files of their own shard only: no pool, any number at once. The dataset step is alone.
+    steps = {key: defs.resolve_assets_def(key).op.pool for key in ("raw_samples", "image_pair_stats",
+                                                                    "image_embeddings", "filtered_samples")}
+    assert steps == {"raw_samples": None, "image_pair_stats": None, "image_embeddings": None,
+                     "filtered_samples": DATASET_POOL}
 
 
 def test_pairfilter_job_launched_without_partitions_fails_at_once_saying_how_to_launch_it(
@@ -131,7 +134,7 @@ def test_pairfilter_job_launched_without_partitions_fails_at_once_saying_how_to_
     message = str(failure.event_specific_data.error)
     assert failure.step_key == "raw_samples"
     assert "names no partition" in message and "pairfilter-materialize" in message and "Materialize all" in message
-    assert not (bundled_data_dir / "pairfilter.duckdb").exists() and not (bundled_data_dir / "output").exists()
+    assert not (bundled_data_dir / "output").exists() and not (bundled_data_dir / "catalog.duckdb").exists()
 
 
 def test_dagster_asset_materialize_without_a_partition_asks_for_one_as_the_docs_say(tmp_path):

@@ -34,4 +34,4 @@ def test_a_wrong_type_for_a_setting_is_one_line_naming_it(bundled_data_dir, monk
     assert main(["--config-json", json.dumps(config)]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"pairfilter-materialize: error: {says}"), err
-    assert not (bundled_data_dir / "pairfilter.duckdb").exists()
+    assert not (bundled_data_dir / "output").exists() and not (bundled_data_dir / "catalog.duckdb").exists()

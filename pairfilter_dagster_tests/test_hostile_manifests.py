@@ -10,7 +10,6 @@ import stat
 from pathlib import Path
 
 import dagster as dg
-import duckdb
 import pytest
 
 from pairfilter_dagster.core.ingest.changes import compare, fingerprint_manifests
@@ -18,14 +17,15 @@ from pairfilter_dagster.core.ingest.manifests import list_shards
 
 from .conftest import write_manifest
 from .hostile import make_unreadable, materialize, python
+from .test_assets import query
 
 SECRET = "TOP-SECRET-CONTENT"
 BAD_NAME = os.fsdecode(b"bad\xff.jsonl")
 
 
 def stored_rows(data_dir: Path) -> dict[str, int]:
-    with duckdb.connect(str(data_dir / "pairfilter.duckdb"), read_only=True) as conn:
-        return dict(conn.execute("SELECT manifest, count(*) FROM image_pair_stats GROUP BY 1").fetchall())
+    """Stats rows per shard, over the shards' result files."""
+    return dict(query(data_dir, "SELECT manifest, count(*) FROM image_pair_stats GROUP BY 1"))
 
 
 def kept_lines(data_dir: Path) -> list[str]:

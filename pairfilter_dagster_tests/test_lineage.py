@@ -4,8 +4,10 @@ import json
 
 import dagster as dg
 
-from pairfilter_dagster.core import store
+from pairfilter_dagster.core.catalog import query_engine
+from pairfilter_dagster.core.results import ResultFiles
 from pairfilter_dagster.core.schema import Sample
+from pairfilter_dagster.core.tables import table_file
 from pairfilter_dagster.defs.lineage import filtered_samples_lineage, image_pair_stats_lineage, table_data_version
 from pairfilter_dagster.defs.resources import PairfilterStorage
 
@@ -48,12 +50,14 @@ def test_a_shards_data_version_follows_its_manifest_not_the_run(bundled_data_dir
 
 
 def test_table_data_version_changes_with_any_row_or_the_extra_text(tmp_path):
+    results = ResultFiles.under(tmp_path / "output")
+
     def version(lines, extra=""):
         rows = [Sample(sample_id=f"m:{i}", manifest="m", line_number=i, sample_json=line)
                 for i, line in enumerate(lines, start=1)]
-        with store.connect(tmp_path / "p.duckdb") as conn:
-            with store.table_writer(conn, Sample) as table:
-                table.write(rows)
+        with table_file(results.shard_file(Sample, "m"), Sample, "m") as table:  # the shard's file, replaced
+            table.write(rows)
+        with query_engine(results) as conn:
             return table_data_version(conn, "raw_samples", ["sample_id", "sample_json"], extra).value
 
     assert version(["a", "b"]) == version(["a", "b"])

@@ -6,21 +6,23 @@ import json
 import shutil
 
 import dagster as dg
-import duckdb
 import pytest
 
-from pairfilter_dagster.core import stages, store
+from pairfilter_dagster.core import stages
+from pairfilter_dagster.core.catalog import INPUT_ORDER, query_engine
 from pairfilter_dagster.core.embedding.local import LocalEngine
 from pairfilter_dagster.core.filtering import FilterSettings
-from pairfilter_dagster.core.ingest.formats import read_samples
+from pairfilter_dagster.core.ingest.manifests import list_shards
 from pairfilter_dagster.core.ingest.samples import SampleRules
+from pairfilter_dagster.core.results import ResultFiles
+from pairfilter_dagster.core.schema import Sample
 from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage
 
 from .conftest import write_manifest
 from .pipeline import MANIFEST_SHARDS
 from .pipeline import PIPELINE as assets
 from .runs import materialize_all_shards
-from .test_assets import CHECKS, metadata
+from .test_assets import CHECKS, metadata, query
 
 SHARDS = ["pairs.jsonl", "more/edge_cases.jsonl"]
 SHARD_ASSETS = [assets.raw_samples, assets.image_pair_stats]
@@ -63,24 +65,27 @@ def same(got, expected) -> bool:
     return got == expected
 
 
-def snapshot(database, jsonl) -> dict:
-    """Every table, all columns, in input order; and the output file's records."""
-    with duckdb.connect(str(database), read_only=True) as conn:
-        tables = {table: conn.execute(f"FROM {table} ORDER BY {store.INPUT_ORDER}").fetchall()
+def snapshot(results, jsonl) -> dict:
+    """Every table (the views over the result files), all columns, in input order; and the output file's
+    records."""
+    with query_engine(results) as conn:
+        tables = {table: conn.execute(f"FROM {table} ORDER BY {INPUT_ORDER}").fetchall()
                   for table in ("raw_samples", "image_pair_stats", "filtered_samples")}
     tables["filtered_samples"] = [(*row[:-1], json.loads(row[-1])) for row in tables["filtered_samples"]]
     return {**tables, "jsonl": [json.loads(line) for line in jsonl.read_text().splitlines()]}
 
 
 def unpartitioned_pipeline(data_dir, embedder, out_dir) -> dict:
+    """The core stages called once over every shard of the folder, no Dagster, into result files of their own."""
     # The JSONL beside output/: its lines name the images relative to their folder, as the pipeline's do.
-    database, jsonl = out_dir / "whole.duckdb", data_dir / "reference-output" / "whole.jsonl"
-    with store.connect(database) as conn:
-        stages.ingest(conn, read_samples(data_dir / "raw", SampleRules.for_data_dir(data_dir)))
-        with LocalEngine(embedder, batch_size=4) as engine:
-            stages.score(conn, embedder, engine)
-        stages.filter_and_publish(conn, FilterSettings(), jsonl, data_dir / "raw")
-    return snapshot(database, jsonl)
+    results, jsonl = ResultFiles.under(out_dir / "whole"), data_dir / "reference-output" / "whole.jsonl"
+    rules = SampleRules.for_data_dir(data_dir)
+    shards = list_shards(data_dir / "raw", rules.manifest_roots).readable
+    stages.ingest(results, shards, rules)
+    with LocalEngine(embedder, batch_size=4) as engine:
+        stages.score(results, sorted(shards), embedder, engine)
+    stages.filter_and_publish(results, FilterSettings(), jsonl, data_dir / "raw", out_dir / "pending_publish")
+    return snapshot(results, jsonl)
 
 
 @pytest.fixture
@@ -89,7 +94,7 @@ def expected(bundled_data_dir, embedder, tmp_path):
 
 
 def outputs(data_dir) -> dict:
-    return snapshot(data_dir / "pairfilter.duckdb", data_dir / "output" / "filtered_samples.jsonl")
+    return snapshot(PairfilterStorage(data_dir=str(data_dir)).results, data_dir / "output" / "filtered_samples.jsonl")
 
 
 def test_one_run_per_shard_then_the_dataset_equals_the_unpartitioned_pipeline(
@@ -117,7 +122,8 @@ def test_a_single_run_backfill_over_all_shards_equals_the_unpartitioned_pipeline
     assert same(outputs(bundled_data_dir), expected)
     events = result.asset_materializations_for_node("image_pair_stats")
     assert sorted(event.partition for event in events) == sorted(SHARDS)  # one materialization per shard
-    assert metadata(result, "image_pair_stats")["forward_passes"] == 4  # one step, one model load, shared batches
+    # One step, one model load; shards are scored one after the other, in batches of their own (1 + 4 batches of 4).
+    assert metadata(result, "image_pair_stats")["forward_passes"] == 1 + 4
 
 
 def test_rerunning_one_changed_shard_replaces_only_its_rows(bundled_data_dir, tiny_clip_dir):
@@ -167,13 +173,19 @@ def test_a_shard_not_yet_ingested_fails_the_reconciliation_check_by_name(bundled
 
 
 def test_a_partition_key_is_never_used_as_a_path(bundled_data_dir, tiny_clip_dir):
-    """A partition added by hand that names a file outside raw/ reads nothing: shards come from raw/ only."""
+    """A partition added by hand that names a file outside raw/ reads nothing: shards come from raw/ only. Nor does
+    it name a result file outside the results: the file its key would point at there is left alone."""
     write_manifest(bundled_data_dir / "outside.jsonl", [{"images": ["images/cat.jpg", "images/img3.jpg"]}])
+    results = PairfilterStorage(data_dir=str(bundled_data_dir)).results
+    bystander = results.root / "outside.jsonl.parquet"  # raw_samples/../outside.jsonl.parquet
+    results.table_folder(Sample).mkdir(parents=True)  # as after any run: ".." from it leads somewhere
+    bystander.write_bytes(b"not a result file")
     instance = dg.DagsterInstance.ephemeral()
     instance.add_dynamic_partitions(MANIFEST_SHARDS.name, ["../outside.jsonl"])
     result = dg.materialize([assets.raw_samples], instance=instance, partition_key="../outside.jsonl",
                             resources=resources(bundled_data_dir, tiny_clip_dir))
     raw = metadata(result, "raw_samples")
     assert (raw["dagster/row_count"], raw["manifest_lines"]) == (0, 0)
-    with duckdb.connect(str(bundled_data_dir / "pairfilter.duckdb"), read_only=True) as conn:
-        assert conn.execute("SELECT count(*) FROM raw_samples").fetchone()[0] == 0
+    assert bystander.read_bytes() == b"not a result file"
+    assert results.shards(Sample) == []
+    assert query(bundled_data_dir, "SELECT count(*) FROM raw_samples") == [(0,)]

@@ -7,11 +7,11 @@ from pathlib import Path
 import dagster as dg
 import pytest
 
-from pairfilter_dagster.core import store
-from pairfilter_dagster.core.embedding.cache import EmbeddingCache
+from pairfilter_dagster.core.embedding.cache_files import EmbeddingFiles
 from pairfilter_dagster.core.embedding.model import ClipEmbedder, ModelSpec
 from pairfilter_dagster.core.embedding.precision import cpu_bf16_feature, run_dtype
 from pairfilter_dagster.core.embedding.ray_engine import RaySettings
+from pairfilter_dagster.core.results import ResultFiles
 from pairfilter_dagster.core.scoring import score_samples
 from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage
 from pairfilter_dagster.testing import PHOTOS
@@ -83,9 +83,13 @@ def scores(embedder, tmp_path, name, cache=None):
 
 def test_fast_scores_are_near_the_exact_ones_and_never_share_their_cache(embedder, fast_embedder, tmp_path):
     assert fast_embedder.model_key != embedder.model_key
-    with store.connect(tmp_path / "p.duckdb") as conn:
-        exact, _ = scores(embedder, tmp_path, "exact", EmbeddingCache(conn, embedder.model_key))
-        fast, report = scores(fast_embedder, tmp_path, "fast", EmbeddingCache(conn, fast_embedder.model_key))
+    results = ResultFiles.under(tmp_path / "output")  # one cache folder for both: the model key keeps them apart
+    with EmbeddingFiles(results, embedder.model_key) as cache:
+        exact, _ = scores(embedder, tmp_path, "exact", cache)
+    with EmbeddingFiles(results, fast_embedder.model_key) as cache:
+        fast, report = scores(fast_embedder, tmp_path, "fast", cache)
+    with EmbeddingFiles(results, embedder.model_key) as exact_cache:
+        assert exact_cache.count() == 11  # written, and not found by the fast model
     assert report.cache_hits == 0 and report.images_embedded == 11  # cat.jpg is in two pairs
     # the tiny model sees 32-pixel crops, where reduced decoding moves pixels most; ViT-B/32 figures: performance.md
     assert max(abs(a - b) for a, b in zip(exact, fast)) < 0.05

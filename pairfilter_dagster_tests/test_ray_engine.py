@@ -6,13 +6,13 @@ import signal
 import subprocess
 import threading
 
-import duckdb
 import pytest
 
 from pairfilter_dagster.testing import PHOTOS, distinct_photos
 
 from .conftest import read_samples_with_photos, write_manifest
 from .runs import materialize_all_shards
+from .test_assets import query
 
 ray = pytest.importorskip("ray")  # a safety net only: CI installs the ray extra
 
@@ -94,11 +94,8 @@ def test_ray_engine_scores_equal_the_local_engine(local_ray, odd_data_dir, tiny_
 
 def stats_table(data_dir):
     """The stats rows, with the data folder's own path taken out of the error messages."""
-    with duckdb.connect(str(data_dir / "pairfilter.duckdb"), read_only=True) as conn:
-        rows = conn.execute(
-            "SELECT sample_id, status, error, image_hashes, image_pair_similarity FROM image_pair_stats "
-            "ORDER BY manifest, line_number"
-        ).fetchall()
+    rows = query(data_dir, "SELECT sample_id, status, error, image_hashes, image_pair_similarity FROM image_pair_stats "
+                           "ORDER BY manifest, line_number")
     return [(sid, status, error.replace(str(data_dir), "<data>"), *rest) for sid, status, error, *rest in rows]
 
 
@@ -180,7 +177,7 @@ def test_engine_ray_without_ray_installed_fails_before_any_work(bundled_data_dir
                          capture_output=True, text=True, check=True).stdout
     assert out.startswith("False [] ")  # the run failed, no step did
     assert "pip install 'pairfilter-dagster[ray]'" in out
-    assert not (bundled_data_dir / "pairfilter.duckdb").exists()
+    assert not (bundled_data_dir / "output").exists() and not (bundled_data_dir / "catalog.duckdb").exists()
 
 
 def actor_pids():

@@ -7,12 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pairfilter_dagster.core import store
-from pairfilter_dagster.core.embedding.cache import EmbeddingCache, MemoryCache
+from pairfilter_dagster.core.embedding.cache import MemoryCache
+from pairfilter_dagster.core.embedding.cache_files import EmbeddingFiles
 from pairfilter_dagster.core.embedding.local import LocalEngine
 from pairfilter_dagster.core.embedding.model import ClipEmbedder, ModelSpec
 from pairfilter_dagster.core.images import ImageAccess
 from pairfilter_dagster.core.progress import progress_logger
+from pairfilter_dagster.core.results import ResultFiles
 from pairfilter_dagster.core.schema import Status
 from pairfilter_dagster.core.scoring import PairScorer, chunked, cosine, score_samples
 from pairfilter_dagster.testing import PHOTOS, write_clip_checkpoint
@@ -49,13 +50,21 @@ def test_duplicates_across_chunks_are_found_through_the_cache(embedder, tmp_path
 
 def test_the_persistent_cache_is_keyed_by_model_and_content(embedder, tiny_clip_dir, tmp_path):
     samples = manifest_of(tmp_path, [(PHOTOS / "cat.jpg", PHOTOS / "img2.jpg")])
-    with store.connect(tmp_path / "p.duckdb") as conn:
-        first_rows, first = score_samples(samples, embedder, batch_size=8, cache=EmbeddingCache(conn, embedder.model_key))
-        again_rows, again = score_samples(samples, embedder, batch_size=8, cache=EmbeddingCache(conn, embedder.model_key))
-        other = ClipEmbedder.load(ModelSpec(str(write_clip_checkpoint(tmp_path / "other", seed=7)), device="cpu"))
-        assert other.model_key != embedder.model_key
-        _, other_report = score_samples(samples, other, batch_size=8, cache=EmbeddingCache(conn, other.model_key))
-        assert EmbeddingCache(conn, embedder.model_key).count() == 2 == EmbeddingCache(conn, other.model_key).count()
+    results = ResultFiles.under(tmp_path / "output")
+
+    def files(model_key):  # a fresh cache over the files each time: what a later run finds
+        return EmbeddingFiles(results, model_key)
+
+    with files(embedder.model_key) as cache:
+        first_rows, first = score_samples(samples, embedder, batch_size=8, cache=cache)
+    with files(embedder.model_key) as cache:
+        again_rows, again = score_samples(samples, embedder, batch_size=8, cache=cache)
+    other = ClipEmbedder.load(ModelSpec(str(write_clip_checkpoint(tmp_path / "other", seed=7)), device="cpu"))
+    assert other.model_key != embedder.model_key
+    with files(other.model_key) as cache:
+        _, other_report = score_samples(samples, other, batch_size=8, cache=cache)
+    with files(embedder.model_key) as mine, files(other.model_key) as theirs:
+        assert mine.count() == 2 == theirs.count()
     assert (first.images_embedded, first.forward_passes) == (2, 1)
     assert (again.images_embedded, again.forward_passes, again.cache_hits) == (0, 0, 2)
     assert again_rows[0].image_pair_similarity == first_rows[0].image_pair_similarity

@@ -1,5 +1,5 @@
-"""Thresholds by share of the data: keep_top_fraction / keep_bottom_fraction resolved to bounds from a real DuckDB
-stats table (hand-made scores, ties included), validated before any work, and in real Dagster runs recorded in the
+"""Thresholds by share of the data: keep_top_fraction / keep_bottom_fraction resolved to bounds by DuckDB over a real
+stats file (hand-made scores, ties included), validated before any work, and in real Dagster runs recorded in the
 filtered dataset's metadata and drawn by the threshold report, without running the model."""
 
 import json
@@ -11,11 +11,14 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from pairfilter_dagster.core import stages, store
+from pairfilter_dagster.core import stages
+from pairfilter_dagster.core.catalog import query_engine
 from pairfilter_dagster.core.filtering import FilterSettings, ShareCut, keep_sample
 from pairfilter_dagster.core.ingest.manifests import list_shards
+from pairfilter_dagster.core.results import ResultFiles
 from pairfilter_dagster.core.schema import StatsRow, Status
 from pairfilter_dagster.core.share import resolve_share, wanted
+from pairfilter_dagster.core.tables import table_file
 from pairfilter_dagster.defs.partitions import every_shard_tags
 from pairfilter_dagster.defs.pipeline import build_pipeline
 from pairfilter_dagster.defs.resources import ClipModel, PairfilterStorage
@@ -44,13 +47,21 @@ def stats_rows(scores_per_sample):
                             status=Status.MISSING_IMAGE, error="no such file", sample_json="{}")]
 
 
+def stats_file(tmp_path, scores_per_sample) -> ResultFiles:
+    """The result files of one shard, m.jsonl, whose stats file holds these scores."""
+    results = ResultFiles.under(tmp_path / "output")
+    with table_file(results.shard_file(StatsRow, "m.jsonl"), StatsRow, "m.jsonl") as table:
+        table.write(stats_rows(scores_per_sample))
+    return results
+
+
 def kept_lines(tmp_path, scores_per_sample, settings):
-    """Resolve `settings` over a stats table of these scores and filter: (line numbers kept, resolved settings)."""
-    with store.connect(tmp_path / "p.duckdb") as conn:
-        with store.table_writer(conn, StatsRow) as table:
-            table.write(stats_rows(scores_per_sample))
+    """Resolve `settings` over a stats file of these scores and filter: (line numbers kept, resolved settings)."""
+    results = stats_file(tmp_path, scores_per_sample)
+    with query_engine(results) as conn:
         resolved = resolve_share(conn, settings)
-        counts = stages.filter_and_publish(conn, resolved, tmp_path / "kept.jsonl", tmp_path / "raw")
+    counts = stages.filter_and_publish(results, resolved, tmp_path / "kept.jsonl", tmp_path / "raw",
+                                       tmp_path / "pending_publish")
     kept = [record["line"] for record in read_jsonl(tmp_path / "kept.jsonl")]
     assert counts.kept == len(kept) and counts.scored == len(scores_per_sample)
     return kept, resolved
@@ -113,12 +124,11 @@ def test_no_ok_sample_keeps_nothing(tmp_path):
 
 
 def test_an_unresolved_share_is_never_used_as_bounds(tmp_path):
-    with store.connect(tmp_path / "p.duckdb") as conn:
-        with store.table_writer(conn, StatsRow) as table:
-            table.write(stats_rows([[0.5]]))
-        with pytest.raises(ValueError, match="keep_top_fraction"):
-            stages.filter_and_publish(conn, FilterSettings(keep_top_fraction=0.5), tmp_path / "kept.jsonl", tmp_path / "raw")
-    assert not (tmp_path / "kept.jsonl").exists()
+    results = stats_file(tmp_path, [[0.5]])
+    with pytest.raises(ValueError, match="keep_top_fraction"):
+        stages.filter_and_publish(results, FilterSettings(keep_top_fraction=0.5), tmp_path / "kept.jsonl",
+                                  tmp_path / "raw", tmp_path / "pending_publish")
+    assert not (tmp_path / "kept.jsonl").exists() and not results.filtered_file.exists()
 
 
 def test_ceil_is_taken_on_the_decimal_fraction():
@@ -226,7 +236,7 @@ def test_bad_shares_fail_the_run_in_its_first_step_before_any_work(bundled_data_
     result = run(ASSETS, bundled_data_dir, tiny_clip_dir, config, raise_on_error=False)
     step, error = step_failure(result)
     assert step == "raw_samples" and all(field in error for field in fields)
-    assert not (bundled_data_dir / "pairfilter.duckdb").exists()
+    assert not (bundled_data_dir / "output").exists() and not (bundled_data_dir / "catalog.duckdb").exists()
 
 
 def pairfilter_job():
@@ -250,7 +260,7 @@ def test_a_bad_share_fails_at_preflight_without_loading_the_model(bundled_data_d
     assert failure.step_key == "raw_samples" and "keep_top_fraction" in str(failure.event_specific_data.error)
     assert {e.step_key for e in events if e.event_type_value == "STEP_START"} == {"raw_samples"}
     assert not any("ModelLoadError" in str(getattr(e.event_specific_data, "error", "")) for e in events)
-    assert not (bundled_data_dir / "pairfilter.duckdb").exists()
+    assert not (bundled_data_dir / "output").exists() and not (bundled_data_dir / "catalog.duckdb").exists()
 
 
 def test_an_instance_whose_default_is_a_share(bundled_data_dir, tiny_clip_dir):

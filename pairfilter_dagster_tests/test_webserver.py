@@ -166,13 +166,15 @@ def test_asset_graph_lineage_partitions_and_automation_are_served(server, shards
         if name in SHARD_ASSETS:
             assert node["partitionDefinition"] == {"type": "DYNAMIC", "name": SHARDS}, name
             assert node["partitionKeys"] == shards and node["backfillPolicy"] == {"policyType": "SINGLE_RUN"}, name
-            assert node["pools"] == ["pairfilter_duckdb"], name
+            assert node["pools"] == [], name  # each shard step writes files of its own shard only: no pool
         else:
             assert node["partitionDefinition"] is None and node["partitionKeys"] == [], name
-    assert nodes["filtered_samples"]["pools"] == ["pairfilter_duckdb"]
+    assert nodes["filtered_samples"]["pools"] == ["pairfilter_dataset"]  # one dataset build at a time
     definition_metadata = {e["label"] for e in nodes["filtered_samples"]["metadataEntries"]}
     assert {"dagster/column_schema", "dagster/column_lineage"} <= definition_metadata
-    assert nodes["image_pair_stats"]["kinds"] == ["duckdb", "huggingface", "pytorch"]
+    assert nodes["image_pair_stats"]["kinds"] == ["huggingface", "parquet", "pytorch"]
+    assert nodes["raw_samples"]["kinds"] == ["json", "parquet"]
+    assert nodes["filtered_samples"]["kinds"] == ["duckdb", "json", "parquet"]
     assert nodes["image_pair_stats"]["opVersion"].endswith(f"model={server.env['PAIRFILTER_HF_CLIP']}")
     checks = {check["name"] for node in nodes.values() for check in node["assetChecksOrError"].get("checks", [])}
     assert checks == set(CHECKS)

@@ -45,6 +45,10 @@ class ResultFiles:
         return self.root / row_type.TABLE
 
     def shard_file(self, row_type: type[Row], shard: str) -> AnyPath:
+        """Raises ValueError for a shard that is no path inside raw/ (a partition added by hand, `../x`): its file
+        would lie outside the table's folder."""
+        if not is_shard_name(shard):
+            raise ValueError(f"shard {shard!r}: not a path relative to raw/, so it has no result file")
         return self.table_folder(row_type) / f"{shard}{SUFFIX}"
 
     @property
@@ -72,7 +76,7 @@ class ResultFiles:
     def remove(self, shards: Iterable[str]) -> list[str]:
         """Delete the shards' samples and stats files; returns the files deleted."""
         removed = []
-        for shard in shards:
+        for shard in filter(is_shard_name, shards):  # any other name has no file: nothing of it to delete
             for row_type in SHARD_TABLES:
                 path = self.shard_file(row_type, shard)
                 if path.exists():
@@ -106,6 +110,12 @@ def damaged_in(exc: Exception) -> DamagedResultFile | None:
     """The damaged file a DuckDB error names, if it names one."""
     found = DUCKDB_DAMAGED.search(str(exc))
     return damaged(found.group(1), exc) if found else None
+
+
+def is_shard_name(shard: str) -> bool:
+    """Whether `shard` can be a shard's path relative to raw/ (as listings give them): relative, no empty, `.` or
+    `..` part."""
+    return bool(shard) and not any(part in ("", ".", "..") for part in shard.split("/"))
 
 
 def parquet_files(folder: AnyPath) -> list[str]:

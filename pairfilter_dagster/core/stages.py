@@ -62,11 +62,14 @@ def score(
 ) -> ScoringReport:
     """Score every sample of the shards' samples files into their stats files, through the embedding cache files
     (new embeddings written a block at a time, in the shard's cache folder) and the remembered hashes of unchanged
-    files (one file per shard under `file_hashes`)."""
+    files (one file per shard under `file_hashes`). A shard without a samples file (never ingested: its manifest
+    could not be read) has no samples, so no stats: it is skipped, and a stats file left of it is removed."""
     missing = [shard for shard in shards if not results.shard_file(Sample, shard).exists()]
-    if missing:
-        raise LookupError(f"shards {missing} have no samples file under {results.root}: materialize raw_samples "
-                          "for them first")
+    for shard in missing:
+        stale = results.shard_file(StatsRow, shard)
+        if stale.exists():
+            stale.unlink()
+    shards = [shard for shard in shards if shard not in missing]
     with EmbeddingFiles(results, embedder.model_key, block=block) as cache, \
             PairScorer(engine, cache, access=access, on_progress=on_progress) as scorer:
         for shard in shards:

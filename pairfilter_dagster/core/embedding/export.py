@@ -33,7 +33,7 @@ FIRST_SEEN = f"""
 WITH refs AS (
     SELECT unnest(image_hashes) AS content_hash, unnest(images) AS image_path,
            generate_subscripts(images, 1) AS position, sample_id, line_number
-    FROM read_parquet({{stats}}) WHERE status = {OK}
+    FROM {{stats}} WHERE status = {OK}
 )
 SELECT content_hash, image_path, sample_id FROM refs
 QUALIFY row_number() OVER (PARTITION BY content_hash ORDER BY line_number, position) = 1
@@ -73,7 +73,10 @@ def export_shard(conn: duckdb.DuckDBPyConnection, results: ResultFiles, shard: s
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    stats = quoted(url_of(results.shard_file(StatsRow, shard)))
+    stats_file = results.shard_file(StatsRow, shard)
+    # A shard never scored (its manifest could not be read) has no stats file: it has no image, its files are empty.
+    stats = f"read_parquet({quoted(url_of(stats_file))})" if stats_file.exists() else \
+        f"(SELECT * FROM {StatsRow.TABLE} LIMIT 0)"
     rows = scalar(conn, f"SELECT count(*) FROM ({FIRST_SEEN.format(stats=stats)})")
     img_emb, metadata = shard_paths(directory, shard)
     schema = pa.schema([(name, pa.string()) for name in METADATA_COLUMNS])
