@@ -154,7 +154,7 @@ def upload(request, folder: Path, location: str, files: list[str]) -> None:
             fs.put_file(str(folder / name), f"{location.removeprefix('s3://')}/{name}")
 
 
-@pytest.mark.parametrize(("where", "workers"), [("local", 2), ("local", 4), ("s3", 4)])
+@pytest.mark.parametrize(("where", "workers"), [("local", 2), ("local", 4), ("s3", 2), ("s3", 4)])
 def test_shard_workers_score_at_once_and_a_killed_one_resumes(request, where, workers, tiny_clip_dir, tmp_path):
     shards = [f"part-{n}.jsonl" if n % 2 else f"sub/part-{n}.jsonl" for n in range(workers)]
     home = tmp_path / "home"
