@@ -94,7 +94,8 @@ def format_rows(embedder: ClipEmbedder, pairs: list[tuple[Path, Path]], work: Pa
                                   ("Parquet with image bytes on a local S3 server", "write_parquet_bytes")):
                 state = work / f"state-{folder}"
                 state.mkdir()
-                s3.put(f"{work / folder}/", f"{BUCKET}/{folder}", recursive=True)
+                for part in ("raw", "images"):  # not output/: its results (the cache) are the local run's
+                    s3.put(f"{work / folder / part}/", f"{BUCKET}/{folder}/{part}", recursive=True)
                 data = as_location(f"s3://{BUCKET}/{folder}")
                 rates[label] = scored_pairs_per_second(embedder, data, state, batch_size)
     reference = rates["JSONL + image files"]
