@@ -56,8 +56,8 @@ def read_samples_with_photos(raw_dir: Path, pairing: str = "exactly_two") -> lis
     return list(read_samples(raw_dir, rules))
 
 
-LONGEST_MODULES_FIRST = ("test_webserver.py", "test_code_quality.py", "test_faults.py", "test_hostile_manifests.py",
-                         "test_definitions.py", "test_cli.py", "test_component.py", "test_ray_engine.py",
+LONGEST_MODULES_FIRST = ("test_webserver.py", "test_shard_workers.py", "test_code_quality.py", "test_faults.py",
+                         "test_hostile_manifests.py", "test_definitions.py", "test_cli.py", "test_component.py", "test_ray_engine.py",
                          "test_object_storage.py", "test_hostile_images.py", "test_scoring.py")
 """The modules that take longest (`--durations`), longest first; the others follow in their usual order."""
 

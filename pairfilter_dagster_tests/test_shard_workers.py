@@ -30,14 +30,15 @@ from pairfilter_dagster import cli
 from pairfilter_dagster.core.embedding.cache_files import EmbeddingFiles
 from pairfilter_dagster.core.scoring import PairScorer
 
-shard, barrier, workers, kill, config = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3]), sys.argv[4] == "kill", sys.argv[5]
+name, barrier, workers, kill, config, *shards = sys.argv[1:]
+barrier, workers, kill = Path(barrier), int(workers), kill == "kill"
 score_chunk, flush = PairScorer.score_chunk, EmbeddingFiles.flush
 arrived = []
 
 def meet_the_others_first(self, samples):
     if not arrived:
         arrived.append(True)
-        (barrier / shard.replace("/", "_")).touch()
+        (barrier / name).touch()
         deadline = time.monotonic() + 240
         while len(list(barrier.iterdir())) < workers:
             if time.monotonic() > deadline:
@@ -52,8 +53,9 @@ def flush_then_die(self):
 
 PairScorer.score_chunk = meet_the_others_first
 EmbeddingFiles.flush = flush_then_die
-sys.exit(cli.main(["--shard", shard, "--config-json", config]))
+sys.exit(cli.main([*(option for shard in shards for option in ("--shard", shard)), "--config-json", config]))
 """
+SHARDS = ["sub/part-0.jsonl", "part-1.jsonl", "sub/part-2.jsonl", "part-3.jsonl"]
 CONFIG = json.dumps({"resources": {"storage": {"config": {"embeddings_per_file": 2}},
                                    "clip": {"config": {"batch_size": 2}}}})
 
@@ -79,10 +81,16 @@ def new_pairs(data_dir: Path, shard: str, count: int, first: int) -> list[str]:
     return [*written, f"raw/{shard}"]
 
 
-def dataset(folder: Path, shards: list[str]) -> Path:
+VICTIM = "part-3.jsonl"
+"""The shard whose worker is killed: 3 pairs scored before, 4 pairs (8 new pictures) added since."""
+
+
+def dataset(folder: Path, grown: bool = True) -> Path:
     (folder / "images").mkdir(parents=True)
-    for n, shard in enumerate(shards):
+    for n, shard in enumerate(SHARDS):
         new_pairs(folder, shard, 3, 3 * n)
+    if grown:
+        new_pairs(folder, VICTIM, 4, 100)
     return folder
 
 
@@ -100,20 +108,21 @@ def materialize(location: str, clip_dir: Path, home: Path, *args: str) -> subpro
     return done
 
 
-def start_workers(location: str, shards: list[str], clip_dir: Path, home: Path, barrier: Path,
-                  victim: str | None = None) -> dict[str, subprocess.Popen]:
+def start_workers(location: str, groups: list[list[str]], clip_dir: Path, home: Path, barrier: Path,
+                  victim: str | None = None) -> list[subprocess.Popen]:
+    """One `pairfilter-materialize --shard ...` process per group of shards, all at once."""
     barrier.mkdir()
     env = cli_env(location, clip_dir, home)
-    return {shard: subprocess.Popen([sys.executable, "-c", WORKER, shard, str(barrier), str(len(shards)),
-                                     "kill" if shard == victim else "live", CONFIG],
-                                    env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-            for shard in shards}
+    return [subprocess.Popen([sys.executable, "-c", WORKER, f"worker-{n}", str(barrier), str(len(groups)),
+                              "kill" if victim in group else "live", CONFIG, *group],
+                             env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for n, group in enumerate(groups)]
 
 
-def finish(workers: dict[str, subprocess.Popen]) -> dict[str, tuple[int, str, str]]:
+def finish(workers: list[subprocess.Popen]) -> list[tuple[int, str, str]]:
     """(exit code, stdout, stderr) of each worker, once every one has ended."""
-    outputs = {shard: worker.communicate(timeout=400) for shard, worker in workers.items()}
-    return {shard: (workers[shard].returncode, *outputs[shard]) for shard in workers}
+    outputs = [worker.communicate(timeout=400) for worker in workers]
+    return [(worker.returncode, *output) for worker, output in zip(workers, outputs)]
 
 
 def stats(results: ResultFiles) -> dict[str, tuple[str, list[float]]]:
@@ -154,43 +163,62 @@ def upload(request, folder: Path, location: str, files: list[str]) -> None:
             fs.put_file(str(folder / name), f"{location.removeprefix('s3://')}/{name}")
 
 
-@pytest.mark.parametrize(("where", "workers"), [("local", 2), ("local", 4), ("s3", 2), ("s3", 4)])
-def test_shard_workers_score_at_once_and_a_killed_one_resumes(request, where, workers, tiny_clip_dir, tmp_path):
-    shards = [f"part-{n}.jsonl" if n % 2 else f"sub/part-{n}.jsonl" for n in range(workers)]
-    home = tmp_path / "home"
-    serial = place(request, dataset(tmp_path / "serial", shards), f"{where}{workers}/serial")
-    parallel_folder = dataset(tmp_path / "parallel", shards)
-    parallel = place(request, parallel_folder, f"{where}{workers}/parallel")
-    materialize(serial, tiny_clip_dir, home)  # the reference: every shard in one run
-    reference = stats(PairfilterStorage(data_dir=serial).results)
+@pytest.fixture(scope="module")
+def serial_runs(tmp_path_factory, tiny_clip_dir):
+    """The reference per location, made once: every shard in one run, one process. (scores, kept_ids.txt)"""
+    found: dict[str, tuple[dict, str]] = {}
 
-    done = finish(start_workers(parallel, shards, tiny_clip_dir, home, tmp_path / "barrier-1"))
-    assert {shard: rc for shard, (rc, _, _) in done.items()} == dict.fromkeys(shards, 0), done
-    for _, stdout, _ in done.values():
-        assert re.search(r"^  images: +6 embedded, 0 from cache$", stdout, flags=re.MULTILINE), stdout
+    def reference(request, where: str) -> tuple[dict, str]:
+        if where not in found:
+            location = place(request, dataset(tmp_path_factory.mktemp(f"serial-{where}")), f"{where}/serial")
+            materialize(location, tiny_clip_dir, tmp_path_factory.mktemp("home"))
+            storage = PairfilterStorage(data_dir=location)
+            found[where] = stats(storage.results), (storage.output_root / "kept_ids.txt").read_text()
+        return found[where]
+
+    return reference
+
+
+def embedded_and_cached(stdout: str) -> list[tuple[int, int]]:
+    """(images embedded, images from the cache) of each run a worker's summary tells of."""
+    found = re.findall(r"^  images: +(\d+) embedded, (\d+) from cache$", stdout, flags=re.MULTILINE)
+    return [(int(embedded), int(cached)) for embedded, cached in found]
+
+
+@pytest.mark.parametrize(("where", "workers"), [("local", 2), ("local", 4), ("s3", 2), ("s3", 4)])
+def test_shard_workers_score_at_once_and_a_killed_one_resumes(request, serial_runs, where, workers, tiny_clip_dir,
+                                                              tmp_path):
+    """Two workers take two shards each; of four, the one on VICTIM is killed, after that shard was scored once
+    before it grew."""
+    reference, serial_ids = serial_runs(request, where)
+    groups = [SHARDS[n::workers] for n in range(workers)]
+    killing = workers == 4
+    home = tmp_path / "home"
+    folder = dataset(tmp_path / "parallel", grown=not killing)
+    parallel = place(request, folder, f"{where}{workers}/parallel")
     results = PairfilterStorage(data_dir=parallel).results
+    if killing:
+        materialize(parallel, tiny_clip_dir, home, "--shard", VICTIM)  # its previous results
+        before = results.shard_file(StatsRow, VICTIM).read_bytes()
+        upload(request, folder, parallel, new_pairs(folder, VICTIM, 4, 100))
+
+    done = finish(start_workers(parallel, groups, tiny_clip_dir, home, tmp_path / "barrier",
+                                victim=VICTIM if killing else None))
+    for (rc, stdout, _), group in zip(done, groups):
+        if VICTIM in group and killing:
+            assert rc == -signal.SIGKILL
+            continue
+        assert rc == 0, done
+        fresh = [(14, 0) if shard == VICTIM else (6, 0) for shard in group]  # one run per shard
+        assert embedded_and_cached(stdout) == fresh, stdout
+    if killing:
+        assert results.shard_file(StatsRow, VICTIM).read_bytes() == before  # its previous results, whole
+        assert [name for name in parquet_files(results.cache_root) if name.split("/", 1)[1].startswith(f"{VICTIM}/")]
+        rerun = materialize(parallel, tiny_clip_dir, home, "--shard", VICTIM)
+        ((embedded, cached),) = embedded_and_cached(rerun.stdout)
+        assert embedded < 8 and cached == 6 + (8 - embedded)  # resumed: the killed run's block was not redone
+
     assert_same_scores(stats(results), reference)
     dataset_run = materialize(parallel, tiny_clip_dir, home, "--dataset")
-    assert re.search(rf"^  kept: +\d+ of {3 * workers} samples", dataset_run.stdout, flags=re.MULTILINE)
-    serial_ids = PairfilterStorage(data_dir=serial).output_root / "kept_ids.txt"
-    assert (results.root.parent / "kept_ids.txt").read_text() == serial_ids.read_text()
-    if workers < 4:
-        return
-
-    victim = shards[-1]
-    before = {shard: results.shard_file(StatsRow, shard).read_bytes() for shard in shards}
-    upload(request, parallel_folder, parallel, new_pairs(parallel_folder, victim, 4, 100))
-    done = finish(start_workers(parallel, shards, tiny_clip_dir, home, tmp_path / "barrier-2", victim=victim))
-    assert done[victim][0] == -signal.SIGKILL
-    assert all(done[shard][0] == 0 for shard in shards if shard != victim), done
-    assert results.shard_file(StatsRow, victim).read_bytes() == before[victim]  # its previous results, whole
-    blocks = [name for name in parquet_files(results.cache_root) if f"/{victim}/" in f"/{name}"]
-    assert blocks  # the block it wrote before it died
-
-    rerun = materialize(parallel, tiny_clip_dir, home, "--shard", victim)
-    embedded, from_cache = map(int, re.search(r"^  images: +(\d+) embedded, (\d+) from cache$", rerun.stdout,
-                                              flags=re.MULTILINE).groups())
-    assert embedded < 8 and from_cache == 6 + (8 - embedded)  # resumed: the killed run's block was not redone
-    grown = stats(results)
-    assert len(grown) == 3 * workers + 4 and all(status == "ok" for status, _ in grown.values())
-    assert_same_scores({sample_id: grown[sample_id] for sample_id in reference}, reference)
+    assert re.search(rf"^  kept: +\d+ of {3 * len(SHARDS) + 4} samples", dataset_run.stdout, flags=re.MULTILINE)
+    assert (results.root.parent / "kept_ids.txt").read_text() == serial_ids
