@@ -57,6 +57,10 @@ def create_view(conn: duckdb.DuckDBPyConnection, name: str, typed_columns: Seque
     conn.execute(f'CREATE OR REPLACE VIEW "{name}" AS {select}')
 
 
+def typed_columns(row_type: type[Row]) -> list[tuple[str, str]]:
+    return [(c.name, c.sql_type) for c in columns(row_type)]
+
+
 def register_filesystem(conn: duckdb.DuckDBPyConnection, results: ResultFiles) -> None:
     """DuckDB reads a URL's files through the same fsspec filesystem (and options) as everything else."""
     if is_remote_path(results.root):
@@ -73,19 +77,16 @@ def create_views(conn: duckdb.DuckDBPyConnection, results: ResultFiles, shards: 
     wanted = None if shards is None else list(shards)
     globs = catalog and not results.remote
     for row_type in SHARD_TABLES:
-        typed = [(c.name, c.sql_type) for c in columns(row_type)]
         files = results.files(row_type, wanted)
         glob = f"{url_of(results.table_folder(row_type))}/**/*.parquet"
-        create_view(conn, row_type.TABLE, typed, glob if globs and files and wanted is None else files)
+        create_view(conn, row_type.TABLE, typed_columns(row_type), glob if globs and files and wanted is None else files)
     filtered = results.filtered_file
-    create_view(conn, FilteredRow.TABLE, [(c.name, c.sql_type) for c in columns(FilteredRow)],
-                [url_of(filtered)] if filtered.exists() else [])
+    create_view(conn, FilteredRow.TABLE, typed_columns(FilteredRow), [url_of(filtered)] if filtered.exists() else [])
     if not (catalog or with_cache):
         return
     blocks = [url_of(results.cache_root / name) for name in parquet_files(results.cache_root)]
-    with damaged_files_named():
-        create_view(conn, CACHE_VIEW, CACHE_VIEW_COLUMNS, f"{url_of(results.cache_root)}/**/*.parquet"
-                    if blocks and not results.remote else blocks)
+    create_view(conn, CACHE_VIEW, CACHE_VIEW_COLUMNS, f"{url_of(results.cache_root)}/**/*.parquet"
+                if blocks and not results.remote else blocks)
 
 
 @contextmanager
@@ -120,7 +121,7 @@ def write_catalog(results: ResultFiles, database: Path, *, count: bool = False) 
     database.parent.mkdir(parents=True, exist_ok=True)
     temp = database.with_name(f".{database.name}.{os.getpid()}.tmp")
     temp.unlink(missing_ok=True)
-    with duckdb.connect(str(temp)) as conn:
+    with duckdb.connect(str(temp)) as conn, damaged_files_named():
         create_views(conn, results, catalog=True)
         rows = {name: scalar(conn, f'SELECT count(*) FROM "{name}"') for name in catalog_views()} if count else {}
     os.replace(temp, database)
@@ -142,11 +143,13 @@ def open_catalog(database: Path, results: ResultFiles) -> Iterator[duckdb.DuckDB
         conn.close()
 
 
-def read_view_rows(conn: duckdb.DuckDBPyConnection, row_type: type[Row], chunk_size: int = 2048) -> Iterator[list[Any]]:
-    """Every row of a view as `row_type`, in input order, in chunks."""
+def read_view_rows(conn: duckdb.DuckDBPyConnection, row_type: type[Row], chunk_size: int = 2048, where: str = "",
+                   params: Sequence[Any] = ()) -> Iterator[list[Any]]:
+    """The rows of a view (or table) as `row_type`, in input order, in chunks; `where` (with its `params`) selects
+    some."""
     names = column_names(row_type)
     selected = ", ".join(f'"{name}"' for name in names)
-    result = conn.execute(f'SELECT {selected} FROM "{row_type.TABLE}" ORDER BY {INPUT_ORDER}')
+    result = conn.execute(f'SELECT {selected} FROM "{row_type.TABLE}" {where} ORDER BY {INPUT_ORDER}', list(params))
     read = row_reader(row_type, names)
     while records := result.fetchmany(chunk_size):
         yield [read(record) for record in records]

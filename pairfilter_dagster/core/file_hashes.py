@@ -17,11 +17,11 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from .images import ImageAccess, ImageFile, ImageRefused, check_dimensions, file_identity, is_within
+from .publish import write_atomically
 
 RACY_NS = 2 * 10**9
 """How long after its last change a file's entry must have been recorded to be trusted (coarse file clocks tick
 every few milliseconds; two seconds covers any)."""
-IDENTITY = ("device", "inode", "size", "mtime_ns", "ctime_ns")
 Entry = tuple  # (device, inode, size, mtime_ns, ctime_ns, width, height, content_hash, recorded_ns)
 SCHEMA = pa.schema([("path", pa.string()), ("device", pa.uint64()), ("inode", pa.uint64()), ("size", pa.uint64()),
                     ("mtime_ns", pa.int64()), ("ctime_ns", pa.int64()), ("width", pa.int32()), ("height", pa.int32()),
@@ -68,8 +68,6 @@ class FileHashes:
     def save(self) -> None:
         if self.path is None:
             return
-        from .publish import write_atomically
-
         rows = [(path, *entry) for path, entry in sorted(self.used.items())]
         table = pa.table({name: [row[i] for row in rows] for i, name in enumerate(SCHEMA.names)}, schema=SCHEMA)
         sink = pa.BufferOutputStream()

@@ -7,17 +7,16 @@ whole, and the old store is renamed last."""
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import duckdb
 import numpy as np
 
-from .catalog import write_catalog
+from .catalog import read_view_rows, write_catalog
 from .embedding.cache_files import DEFAULT_BLOCK, block_table, write_block
-from .locations import as_location
-from .publish import file_sha256, move_into_place
+from .publish import finish_publish
 from .results import ResultFiles
-from .schema import FilteredRow, Row, Sample, StatsRow, column_names, row_reader
+from .schema import FilteredRow, Row, Sample, StatsRow, column_names
 from .tables import table_file
 
 MIGRATED_SUFFIX = ".migrated"
@@ -38,10 +37,9 @@ def migrate_store(database: Path, results: ResultFiles, catalog: Path, storage_o
     with duckdb.connect(str(database), read_only=True) as conn:
         tables = {row[0] for row in conn.execute("SELECT table_name FROM information_schema.tables").fetchall()}
         if "pending_publish" in tables:  # a run killed between its commit and its rename
-            for path, temp_path, digest in conn.execute("SELECT path, temp_path, sha256 FROM pending_publish").fetchall():
-                if os.path.exists(temp_path) and file_sha256(temp_path) == digest:
-                    move_into_place(Path(temp_path), as_location(path, storage_options))
-                    done.published.append(path)
+            done.published = [path for path, temp_path, digest in conn.execute(
+                "SELECT path, temp_path, sha256 FROM pending_publish").fetchall()
+                if finish_publish(path, temp_path, digest, storage_options)]
         for row_type in (Sample, StatsRow):
             if row_type.TABLE not in tables:
                 continue
@@ -69,17 +67,13 @@ def migrate_store(database: Path, results: ResultFiles, catalog: Path, storage_o
     return done
 
 
-def old_rows(conn: duckdb.DuckDBPyConnection, row_type: type[Row], where: str, params: list) -> Any:
+def old_rows(conn: duckdb.DuckDBPyConnection, row_type: type[Row], where: str, params: list) -> Iterator[list[Any]]:
     names = column_names(row_type)
     found = [row[0] for row in conn.execute(f'DESCRIBE "{row_type.TABLE}"').fetchall()]
     if found != names:
         raise RuntimeError(f"table {row_type.TABLE!r} of the old store has columns {found}, this version reads {names}: "
                            "materialize every shard again in a new data folder instead")
-    selected = ", ".join(f'"{name}"' for name in names)
-    result = conn.execute(f'SELECT {selected} FROM "{row_type.TABLE}" {where} ORDER BY manifest, line_number', params)
-    read = row_reader(row_type, names)
-    while records := result.fetchmany(CHUNK_ROWS):
-        yield [read(record) for record in records]
+    return read_view_rows(conn, row_type, CHUNK_ROWS, where, params)
 
 
 def migrate_embeddings(conn: duckdb.DuckDBPyConnection, results: ResultFiles) -> int:

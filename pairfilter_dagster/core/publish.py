@@ -273,13 +273,18 @@ def complete_pending(record_folder: Path, storage_options: dict[str, Any] | None
         pid = record_path.name.split(".")[-3]
         if pid.isdigit() and int(pid) != os.getpid() and process_alive(int(pid)):
             continue  # still publishing (this process is not: its failed publish is completed now)
-        for entry in json.loads(record_path.read_text()):
-            temp_path = entry["temp_path"]
-            if os.path.exists(temp_path) and file_sha256(temp_path) == entry["sha256"]:
-                move_into_place(Path(temp_path), as_location(entry["path"], storage_options))
-                done.append(entry["path"])
+        done += [entry["path"] for entry in json.loads(record_path.read_text())
+                 if finish_publish(entry["path"], entry["temp_path"], entry["sha256"], storage_options)]
         record_path.unlink()
     return done
+
+
+def finish_publish(path: str, temp_path: str, digest: str, storage_options: dict[str, Any] | None) -> bool:
+    """Move a committed temp file into place if it is still there, whole; whether it was."""
+    if not (os.path.exists(temp_path) and file_sha256(temp_path) == digest):
+        return False
+    move_into_place(Path(temp_path), as_location(path, storage_options))
+    return True
 
 
 def file_sha256(path: str) -> str:

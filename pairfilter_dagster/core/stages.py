@@ -5,7 +5,7 @@ file appears whole when its stage ends, so a failure anywhere leaves the previou
 different shards never write the same file, so they run at once without a lock."""
 
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Mapping, Sequence
 
@@ -93,6 +93,8 @@ class FilterCounts:
     total: int = 0
     scored: int = 0
     kept: int = 0
+    shards: list[str] = field(default_factory=list)
+    """The shards whose stats were read."""
 
     @property
     def dropped(self) -> int:
@@ -117,7 +119,8 @@ def filter_and_publish(
     with publish.staged_file(results.filtered_file) as table_staged, publish.staged_file(jsonl_path) as jsonl:
         table = TableFileWriter(table_staged, FilteredRow, None)
         try:
-            for shard in results.shards(StatsRow):
+            counts.shards = results.shards(StatsRow)
+            for shard in counts.shards:
                 for rows in read_rows(results.shard_file(StatsRow, shard), StatsRow, chunk_size, FILTER_READS):
                     kept = [publish.filtered_row(row, raw_dir, jsonl_path.parent) for row in rows
                             if keep_row(row, settings)]

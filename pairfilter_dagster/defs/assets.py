@@ -203,7 +203,7 @@ def build_assets(spec: PipelineSpec) -> tuple[dg.AssetsDefinition, dg.AssetsDefi
             settings = resolve_share(conn, settings)  # a share of the ok samples becomes the bounds that keep it
         counts = stages.filter_and_publish(results, settings, storage.filtered_jsonl, storage.raw_dir,
                                            storage.local_state / "pending_publish")
-        shards = results.shards(StatsRow)
+        shards = counts.shards
         with storage.query() as conn:
             kept_per_shard = write_kept_outputs(conn, results, {s: p for s, p in listing.readable.items() if s in shards},
                                                 storage.output_root)
